@@ -1,0 +1,33 @@
+# Every target builds what it needs: `make test` on a fresh machine creates .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED := 0
+export OMP_NUM_THREADS := 1
+
+.PHONY: venv run serve test bench compose-test clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# The main job on the embedded default (SQLite file + local Ray): the service and its dashboard.
+run: serve
+serve: venv
+	$(VENV)/bin/falcon-lite migrate
+	$(VENV)/bin/falcon-lite serve
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) bench/buffer.py
+	$(PY) bench/loop.py
+
+clean:
+	rm -rf $(VENV) .falcon-lite .pytest_cache .hypothesis

@@ -1,0 +1,162 @@
+"""RunConfig v1: one run's whole configuration, validated.
+
+Every field has a default and the defaults are the seed's explosion scenario exactly
+(x = z + noise, sigma_obs = 1e-6, x_obs = 0.3, prior N(0, 1), MLP 1-64-64-1 in float64,
+MSE mean + EMA variance, T = 2, batch 128, one fresh batch of simulations per step).
+Unknown fields are rejected; impossible values are rejected with the field named.
+Names here are part of the REST and stress contracts (grid keys are dotted paths).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SimulatorConfig(Strict):
+    name: Literal["gaussian", "exp_noise"] = "gaussian"
+    sigma_obs: PositiveFloat = 1e-6
+    x_obs: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        description="Observed x. Default: [0.3] for gaussian; exp(z_true) for exp_noise.",
+    )
+    z_true: list[Annotated[float, Field(allow_inf_nan=False)]] | None = Field(
+        default=None,
+        description="Ground-truth parameters that generate x_obs (exp_noise default [-5, 0, 5]).",
+    )
+
+    @model_validator(mode="after")
+    def _fill_observation(self) -> SimulatorConfig:
+        if self.name == "gaussian" and self.x_obs is None:
+            object.__setattr__(self, "x_obs", list(self.z_true) if self.z_true else [0.3])
+        if self.name == "exp_noise":
+            if self.z_true is None and self.x_obs is None:
+                object.__setattr__(self, "z_true", [-5.0, 0.0, 5.0])
+            if self.x_obs is None:
+                object.__setattr__(self, "x_obs", [math.exp(z) for z in self.z_true])
+        if not self.x_obs:
+            raise ValueError("x_obs must hold at least one value")
+        if self.z_true is not None and len(self.z_true) != len(self.x_obs):
+            raise ValueError("z_true and x_obs must have the same length")
+        return self
+
+    @property
+    def dim(self) -> int:
+        return len(self.x_obs)
+
+
+class PriorConfig(Strict):
+    name: Literal["normal", "uniform"] = "normal"
+    loc: Annotated[float, Field(allow_inf_nan=False)] = Field(0.0, description="normal: mean")
+    scale: PositiveFloat = Field(1.0, description="normal: standard deviation")
+    low: Annotated[float, Field(allow_inf_nan=False)] = Field(-10.0, description="uniform: lower bound")
+    high: Annotated[float, Field(allow_inf_nan=False)] = Field(10.0, description="uniform: upper bound")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> PriorConfig:
+        if self.name == "uniform" and not self.low < self.high:
+            raise ValueError("uniform prior needs low < high")
+        return self
+
+
+class EstimatorConfig(Strict):
+    name: Literal["gaussian_ema", "gaussian_nle"] = "gaussian_ema"
+    preset: Literal["calibrated"] | None = None
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["tanh", "relu", "gelu", "silu"] = "tanh"
+    dtype: Literal["float64", "float32"] = "float64"
+    ema_momentum: Annotated[float, Field(gt=0, le=1)] = 0.01
+    normalize: bool = False
+    residual: bool = False
+    loss: Literal["mse", "nll"] = "mse"
+    variance_source: Literal["batch", "validation"] = "batch"
+    importance_weighting: bool = False
+
+
+class ProposalConfig(Strict):
+    temperature: PositiveFloat = 2.0
+    discard_log_ratio: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
+        default=None,
+        description="Mark proposal samples DISFAVOURED when log q_now - log q_drawn falls below this.",
+    )
+
+
+class BufferConfig(Strict):
+    validation_size: NonNegInt = 0
+    min_training: NonNegInt = 128
+    max_training: PositiveInt = 128
+    prior_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["adaptive"] = 0.0
+    simulations_per_step: PositiveInt = 128
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BufferConfig:
+        if self.min_training > self.max_training:
+            raise ValueError("min_training must not exceed max_training")
+        return self
+
+
+class TrainingConfig(Strict):
+    steps: PositiveInt = 10_000
+    batch_size: PositiveInt = 128
+    lr: PositiveFloat = 1e-2
+    warmup_steps: NonNegInt = 1000
+    lr_after_warmup: PositiveFloat = 1e-3
+    diagnostics_every: PositiveInt = 1
+    checkpoint_every: PositiveInt = 500
+    seed: int = 42
+
+
+class RuntimeConfig(Strict):
+    simulators: PositiveInt = 2
+
+
+class RunConfig(Strict):
+    name: str = Field("run", min_length=1, max_length=200)
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    prior: PriorConfig = Field(default_factory=PriorConfig)
+    estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
+    proposal: ProposalConfig = Field(default_factory=ProposalConfig)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @property
+    def dim(self) -> int:
+        return self.simulator.dim
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        if not v.isprintable():
+            raise ValueError("name must be printable text")
+        return v
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a copy of `config` with dotted-path overrides applied and re-validated.
+
+    >>> with_overrides(RunConfig(), {"buffer.prior_fraction": 0.2}).buffer.prior_fraction
+    0.2
+    """
+    data = config.model_dump()
+    for path, value in overrides.items():
+        node = data
+        *parents, leaf = path.split(".")
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                raise KeyError(f"unknown config key {path!r}")
+            node = node[key]
+        if leaf not in node:
+            raise KeyError(f"unknown config key {path!r}")
+        node[leaf] = value
+    return RunConfig.model_validate(data)

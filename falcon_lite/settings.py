@@ -1,0 +1,38 @@
+"""Process settings, read once from the environment (the only module that reads it).
+
+`DATABASE_URL` unset means the embedded default: a SQLite file under `FALCON_LITE_DATA_DIR`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FALCON_LITE_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".falcon-lite"), description="Where the embedded SQLite file lives.")
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "FALCON_LITE_DATABASE_URL")
+    )
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("RAY_ADDRESS", "FALCON_LITE_RAY_ADDRESS")
+    )
+    ray_namespace: str = "falcon-lite"
+    api_token: str | None = None
+    max_body_bytes: int = 1_000_000
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'falcon-lite.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

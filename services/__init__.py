@@ -1,0 +1,1 @@
+"""Deployable services built on falcon_lite."""

@@ -1,0 +1,1 @@
+"""The falcon-lite REST service and dashboard."""
