@@ -1,0 +1,69 @@
+"""The FastAPI app factory: ``create_app(settings=None) -> FastAPI``.
+
+``uvicorn services.api.app:app`` works too: the module-level ``app`` is built on first
+access from the process settings. The database must already be migrated (``falcon-lite
+serve`` migrates first); the app checks the schema at start-up and refuses to run on a
+wrong one. Ray is connected on the first call that moves a run, not at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from falcon_lite import __version__
+from falcon_lite.settings import Settings, get_settings
+from falcon_lite.store.db import check_schema, make_engine, session_factory
+from services.api import queries
+from services.api.deps import AppContext
+from services.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
+from services.api.metrics import ApiMetrics
+from services.api.routes import runs, stress, system
+from services.api.stress_jobs import StressJobs
+
+DESCRIPTION = """Run, watch and stress-test buffered sequential neural posterior estimation.
+
+Mutating calls need `Authorization: Bearer <token>` when the server sets `FALCON_LITE_API_TOKEN`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for `settings` (default: the process settings from the environment)."""
+    settings = settings or get_settings()
+    engine = make_engine(settings.db_url)
+    ctx = AppContext(settings=settings, engine=engine, sessions=session_factory(engine))
+    ctx.jobs = StressJobs(settings.data_dir / "stress")
+    ctx.metrics = ApiMetrics(lambda: queries.snapshot(ctx))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        check_schema(engine)
+        logging.getLogger("falcon_lite.api").info("serving %s", engine.url.render_as_string())
+        try:
+            yield
+        finally:
+            ctx.close()
+
+    app = FastAPI(title="falcon-lite", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(runs.router)
+    app.include_router(stress.router)
+    app.include_router(system.router)
+    app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
+    # Outermost first when the request comes in: id + 500s, timing, body limit.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(lambda inner: ctx.metrics.middleware(inner))
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def __getattr__(name: str):
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

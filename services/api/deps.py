@@ -1,0 +1,125 @@
+"""Dependencies of the routes, as typed aliases (``SessionDep``, ``ControlDep``, ``AuthDep``).
+
+The app's long-lived objects live in ``AppContext`` on ``app.state.ctx``: settings, the
+database engine and session factory, the run control (created on first use, since it
+connects to Ray) and the stress jobs. A request's session is one transaction: committed
+when the route returns, rolled back when it raises, before the response is sent.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from falcon_lite.settings import Settings
+from services.api.errors import UnavailableError
+
+
+@dataclass
+class AppContext:
+    """Everything one app instance holds for its lifetime."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker
+    jobs: Any = None  # services.api.stress_jobs.StressJobs
+    metrics: Any = None  # services.api.metrics.ApiMetrics
+    _control: Any = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def control(self):
+        """The run control (Ray), connected on first use; 503 when Ray cannot be reached."""
+        with self._lock:
+            if self._control is None:
+                try:
+                    from falcon_lite.runtime.control import RunControl
+
+                    self._control = RunControl(self.settings)
+                except ImportError as exc:
+                    raise UnavailableError(f"run control is not available: {exc}") from exc
+                except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                    where = self.settings.ray_address or "a local Ray instance"
+                    raise UnavailableError(f"cannot reach Ray at {where}: {exc}") from exc
+            return self._control
+
+    def has_control(self) -> bool:
+        """Whether the run control is connected (or could be imported and connected)."""
+        if self._control is not None:
+            return True
+        try:
+            import falcon_lite.runtime.control  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+                import ray
+
+                if ray.is_initialized():
+                    ray.shutdown()  # detached run supervisors live on in a cluster
+        if self.jobs is not None:
+            self.jobs.close()
+        self.engine.dispose()
+
+
+def get_ctx(request: Request) -> AppContext:
+    return request.app.state.ctx
+
+
+CtxDep = Annotated[AppContext, Depends(get_ctx)]
+
+
+def get_session(ctx: CtxDep) -> Iterator[Session]:
+    """One transaction per request: commit on success, roll back on any error."""
+    with ctx.sessions() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_control(ctx: CtxDep):
+    return ctx.control()
+
+
+ControlDep = Annotated[Any, Depends(get_control)]
+
+_bearer = HTTPBearer(auto_error=False, description="FALCON_LITE_API_TOKEN, when the server sets one")
+
+
+def require_token(
+    ctx: CtxDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """When the server has a token, a mutating call must carry it as a bearer token."""
+    expected = ctx.settings.api_token
+    if not expected:
+        return
+    if credentials is None:
+        raise HTTPException(
+            401,
+            "missing bearer token: this server requires 'Authorization: Bearer <token>' "
+            "on mutating calls (FALCON_LITE_API_TOKEN)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+
+AuthDep = Depends(require_token)

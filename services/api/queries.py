@@ -1,0 +1,135 @@
+"""What the routes call: one function per action, on top of the store and the run control.
+
+Reads go to the store directly (no Ray needed to look at runs); actions that move a run go
+to the run control. A stop on a run that is not live is answered without touching Ray,
+which is what "stop is idempotent" means for a run that has already stopped.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from falcon_lite.config import RunConfig
+from falcon_lite.core.policy import Origin, Sizes, Status
+from falcon_lite.store import runs as store_runs
+from falcon_lite.store.errors import ConflictError
+from falcon_lite.store.models import Metric, Run, StatusCount
+from falcon_lite.store.samples import SampleStore
+from services.api.deps import AppContext
+from services.api.metrics import Snapshot
+from services.api.schemas import Accepted, RunPublic
+
+LIVE = ("pending", "running", "stopping")
+
+
+def parse_names(names: str | None) -> list[str] | None:
+    """``"std_ratio,loss"`` -> ``["std_ratio", "loss"]``; empty or None -> all names."""
+    if not names:
+        return None
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    return wanted or None
+
+
+def latest_diagnostics(session: Session, run_ids: list[int]) -> dict[int, dict]:
+    """The newest metrics row of each run (one query)."""
+    if not run_ids:
+        return {}
+    newest = (
+        select(Metric.run_id, func.max(Metric.step).label("step"))
+        .where(Metric.run_id.in_(run_ids))
+        .group_by(Metric.run_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(Metric.run_id, Metric.step, Metric.values).join(
+            newest, (Metric.run_id == newest.c.run_id) & (Metric.step == newest.c.step)
+        )
+    )
+    return {run_id: {"step": step, **(values or {})} for run_id, step, values in rows}
+
+
+def _public(run: Run, diagnostics: dict | None) -> RunPublic:
+    return RunPublic(
+        id=run.id, name=run.name, status=run.status, step=run.step or 0, config=run.config,
+        diagnostics=diagnostics, reason=run.reason, created=run.created, updated=run.updated,
+    )
+
+
+def run_public(session: Session, run: Run) -> RunPublic:
+    return _public(run, latest_diagnostics(session, [run.id]).get(run.id))
+
+
+def runs_public(session: Session, found: list[Run]) -> list[RunPublic]:
+    latest = latest_diagnostics(session, [r.id for r in found])
+    return [_public(r, latest.get(r.id)) for r in found]
+
+
+def create_run(ctx: AppContext, config: RunConfig, start: bool) -> int:
+    """Create a run; start it through the run control unless ``start`` is false.
+
+    A run that is only created needs no Ray: it is one row, written in one transaction.
+    """
+    if start:
+        return ctx.control().create(config, start=True)
+    with ctx.sessions.begin() as session:
+        return store_runs.create_run(session, config).id
+
+
+def _status(ctx: AppContext, run_id: int) -> str:
+    with ctx.sessions() as session:
+        return store_runs.get_run(session, run_id).status
+
+
+def control_action(ctx: AppContext, run_id: int, action: str) -> Accepted:
+    """start / stop / resume a run; all are idempotent and return once accepted."""
+    status = _status(ctx, run_id)  # 404 before touching Ray
+    if action == "stop" and status not in ("running", "stopping"):
+        return Accepted(id=run_id, status=status, detail=f"run {run_id} is {status}: nothing to stop")
+    getattr(ctx.control(), action)(run_id)
+    return Accepted(id=run_id, status=_status(ctx, run_id), detail=f"{action} accepted")
+
+
+def delete_run(ctx: AppContext, run_id: int) -> None:
+    """Delete a run that is not running (409 otherwise), with its samples."""
+    status = _status(ctx, run_id)
+    if status in ("running", "stopping"):
+        raise ConflictError(f"run {run_id} is {status}: stop it before deleting it")
+    if ctx.has_control():
+        ctx.control().delete(run_id)
+        return
+    with ctx.sessions.begin() as session:
+        store_runs.delete_run(session, run_id)
+
+
+def sizes_of(config: RunConfig) -> Sizes:
+    b = config.buffer
+    return Sizes(validation_size=b.validation_size, min_training=b.min_training,
+                 max_training=b.max_training, prior_fraction=float(b.prior_fraction))
+
+
+def buffer(ctx: AppContext, run_id: int) -> dict:
+    """The REST shape of ``GET /runs/{id}/buffer``."""
+    with ctx.sessions() as session:
+        config = RunConfig.model_validate(store_runs.get_run(session, run_id).config)
+    store = SampleStore(ctx.engine, run_id, sizes_of(config), config.dim)
+    return store.composition().to_dict(config.buffer.prior_fraction)
+
+
+def snapshot(ctx: AppContext) -> Snapshot:
+    """Counts for Prometheus: runs by status, samples by status and origin, live steps."""
+    snap = Snapshot()
+    with ctx.sessions() as session:
+        for status, n in session.execute(select(Run.status, func.count()).group_by(Run.status)):
+            snap.runs_by_status[status] = n
+        counts = session.execute(
+            select(StatusCount.status, StatusCount.origin, func.sum(StatusCount.n))
+            .group_by(StatusCount.status, StatusCount.origin)
+        )
+        for status, origin, n in counts:
+            snap.samples[(Status(status).name, Origin(origin).name.lower())] = int(n or 0)
+        purged = session.execute(select(func.sum(Run.purged))).scalar()
+        snap.samples[("PURGED", "all")] = int(purged or 0)
+        for run_id, step in session.execute(select(Run.id, Run.step).where(Run.status.in_(LIVE))):
+            snap.steps[run_id] = step or 0
+    return snap

@@ -1,0 +1,1 @@
+"""The API's routers: runs, stress, system (health, metrics, dashboard)."""

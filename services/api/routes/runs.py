@@ -1,0 +1,106 @@
+"""Routes under ``/runs``: create, list, show, control, buffer, metrics, events, posterior.
+
+Each route parses, makes one call below, and returns; errors are mapped in `errors.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from falcon_lite.store import runs as store_runs
+from services.api import queries
+from services.api.deps import AuthDep, ControlDep, CtxDep, SessionDep
+from services.api.schemas import (
+    Accepted,
+    BufferPublic,
+    PosteriorPublic,
+    RunCreate,
+    RunPublic,
+    RunsPublic,
+)
+from services.api.sse import event_stream
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the run's id")]
+
+
+@router.post("", status_code=201, dependencies=[AuthDep], summary="Create a run (and start it)")
+def create_run(body: RunCreate, ctx: CtxDep) -> RunPublic:
+    run_id = queries.create_run(ctx, body.config(), start=body.start)
+    with ctx.sessions() as session:
+        return queries.run_public(session, store_runs.get_run(session, run_id))
+
+
+@router.get("", summary="List runs, newest first")
+def list_runs(
+    session: SessionDep,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> RunsPublic:
+    found, total = store_runs.list_runs(session, offset=offset, limit=limit)
+    return RunsPublic(data=queries.runs_public(session, found), count=total)
+
+
+@router.get("/{run_id}", summary="One run: status, step, config, latest diagnostics")
+def get_run(run_id: RunId, session: SessionDep) -> RunPublic:
+    return queries.run_public(session, store_runs.get_run(session, run_id))
+
+
+@router.post("/{run_id}/start", status_code=202, dependencies=[AuthDep], summary="Start a pending run")
+def start_run(run_id: RunId, ctx: CtxDep) -> Accepted:
+    return queries.control_action(ctx, run_id, "start")
+
+
+@router.post("/{run_id}/stop", status_code=202, dependencies=[AuthDep], summary="Stop (idempotent)")
+def stop_run(run_id: RunId, ctx: CtxDep) -> Accepted:
+    return queries.control_action(ctx, run_id, "stop")
+
+
+@router.post("/{run_id}/resume", status_code=202, dependencies=[AuthDep], summary="Resume (idempotent)")
+def resume_run(run_id: RunId, ctx: CtxDep) -> Accepted:
+    return queries.control_action(ctx, run_id, "resume")
+
+
+@router.delete("/{run_id}", status_code=204, dependencies=[AuthDep],
+               summary="Delete a run that is not running, with its samples")
+def delete_run(run_id: RunId, ctx: CtxDep) -> Response:
+    queries.delete_run(ctx, run_id)
+    return Response(status_code=204)
+
+
+@router.get("/{run_id}/buffer", summary="The buffer's composition by status and origin")
+def get_buffer(run_id: RunId, ctx: CtxDep) -> BufferPublic:
+    return BufferPublic.model_validate(queries.buffer(ctx, run_id))
+
+
+@router.get("/{run_id}/metrics", summary="Diagnostics rows after a step")
+def get_metrics(
+    run_id: RunId,
+    session: SessionDep,
+    since_step: Annotated[int, Query(ge=-1, le=2**31 - 1, description="rows with step > this")] = -1,
+    names: Annotated[str | None, Query(max_length=1000, description="comma-separated metric names")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[dict[str, float | int | None]]:
+    return store_runs.metrics_since(session, run_id, since_step, queries.parse_names(names), limit)
+
+
+@router.get("/{run_id}/events", summary="Server-Sent Events: `status` and `diagnostics`",
+            response_description="text/event-stream")
+def get_events(run_id: RunId, request: Request, ctx: CtxDep, session: SessionDep):
+    store_runs.get_run(session, run_id)
+    return event_stream(ctx, run_id, request.headers.get("last-event-id"))
+
+
+@router.get("/{run_id}/posterior", summary="Samples from the run's current posterior estimate")
+def get_posterior(
+    run_id: RunId,
+    session: SessionDep,
+    control: ControlDep,
+    n: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+) -> PosteriorPublic:
+    store_runs.get_run(session, run_id)
+    samples = control.posterior_samples(run_id, n)
+    return PosteriorPublic(run_id=run_id, n=samples.shape[0], dim=samples.shape[1], samples=samples.tolist())

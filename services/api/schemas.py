@@ -1,0 +1,170 @@
+"""Request and response models of the REST contract (v1), one family per entity.
+
+``RunCreate`` is a ``RunConfig`` plus ``start``; unknown fields are rejected, so a request
+can only pick simulators and estimators by their registered names, never name code.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from falcon_lite.config import RunConfig, with_overrides
+
+RunStatus = Literal["pending", "running", "stopping", "stopped", "completed", "failed"]
+
+_RUN_EXAMPLE = {
+    "name": "explosion-20pct",
+    "buffer": {"prior_fraction": 0.2},
+    "training": {"steps": 2000, "seed": 1},
+    "start": True,
+}
+
+
+class RunCreate(RunConfig):
+    """A run's configuration (every field optional, defaults = the seed's scenario)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_RUN_EXAMPLE]})
+
+    start: bool = Field(True, description="false: only create the run (status pending)")
+
+    def config(self) -> RunConfig:
+        return RunConfig.model_validate(self.model_dump(exclude={"start"}))
+
+
+class RunPublic(BaseModel):
+    """One run as the API shows it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 1,
+                    "name": "explosion-20pct",
+                    "status": "running",
+                    "step": 1200,
+                    "config": RunConfig(name="explosion-20pct").model_dump(),
+                    "diagnostics": {"step": 1200, "std_ratio": 1.03, "bias_over_sigma": 0.2,
+                                    "loss": 1.1e-12},
+                    "reason": None,
+                }
+            ]
+        }
+    )
+
+    id: int
+    name: str
+    status: RunStatus
+    step: int = Field(0, description="training steps done")
+    config: dict[str, Any]
+    diagnostics: dict[str, float | int | None] | None = Field(
+        None, description="the latest metrics row, or null before the first step"
+    )
+    reason: str | None = Field(None, description="why the run stopped or failed, if it did")
+    created: datetime | None = None
+    updated: datetime | None = None
+
+
+class RunsPublic(BaseModel):
+    """A page of runs and the total count."""
+
+    data: list[RunPublic]
+    count: int = Field(description="number of runs in total (all pages)")
+
+
+class Accepted(BaseModel):
+    """Answer of stop/resume/start: accepted, the run moves on its own."""
+
+    id: int
+    status: RunStatus
+    detail: str
+
+
+class BufferPublic(BaseModel):
+    """Composition of a run's sample buffer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "counts": {"VALIDATION": {"prior": 0, "proposal": 0},
+                               "TRAINING": {"prior": 26, "proposal": 102},
+                               "DISFAVOURED": {"prior": 0, "proposal": 0},
+                               "TOMBSTONE": {"prior": 0, "proposal": 0}},
+                    "purged": 5000, "total": 5128,
+                    "prior_share_trainable": 0.203, "prior_fraction": 0.2,
+                }
+            ]
+        }
+    )
+
+    counts: dict[str, dict[str, int]]
+    purged: int
+    total: int
+    prior_share_trainable: float | None
+    prior_fraction: float | str | None
+
+
+class PosteriorPublic(BaseModel):
+    """Samples drawn from the run's current posterior estimate, shape (n, dim)."""
+
+    run_id: int
+    n: int
+    dim: int
+    samples: list[list[float]]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    database: str
+    version: str
+
+
+class StressCreate(BaseModel):
+    """A stress matrix: grid of dotted RunConfig overrides x seeds."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"grid": {"buffer.prior_fraction": [0.0, 0.2]}, "seeds": 2, "steps": 500}]
+        },
+    )
+
+    grid: dict[str, list[Any]] = Field(
+        description="dotted RunConfig paths -> values to try, e.g. {\"buffer.prior_fraction\": [0, 0.2]}",
+        max_length=8,
+    )
+    seeds: int = Field(1, ge=1, le=100)
+    steps: int = Field(1000, ge=1, le=1_000_000)
+    base: RunConfig | None = None
+
+    @model_validator(mode="after")
+    def _grid_applies(self) -> StressCreate:
+        """Every grid value must give a valid RunConfig; the error names the key."""
+        base = self.base or RunConfig()
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid[{key!r}] is empty: give at least one value")
+            for value in values:
+                try:
+                    with_overrides(base, {key: value})
+                except KeyError:
+                    raise ValueError(f"grid key {key!r} is not a RunConfig field") from None
+                except ValueError as exc:
+                    first = exc.errors()[0]["msg"] if hasattr(exc, "errors") else str(exc)
+                    raise ValueError(f"grid[{key!r}] value {value!r} is invalid: {first}") from None
+        return self
+
+
+class StressPublic(BaseModel):
+    """A stress job: its status and, once done, results.json, report.md and plot URLs."""
+
+    id: str
+    status: Literal["queued", "running", "completed", "failed"]
+    error: str | None = None
+    request: dict[str, Any] | None = None
+    results: dict[str, Any] | None = None
+    report: str | None = None
+    plots: list[str] = Field(default_factory=list)
