@@ -123,7 +123,7 @@ def rotate(live: Sequence[Live], sizes: Sizes) -> dict[int, Status]:
     def evict_oldest(candidates: list[int], count: int) -> None:
         nonlocal prior_spare
         for i in candidates:
-            if count == 0:
+            if count <= 0:  # a pool under max_training asks for a negative count: evict none
                 return
             if i in evicted:
                 continue
