@@ -1,0 +1,269 @@
+"""An in-memory copy of one run's live samples, for the trainer: no SQL per batch.
+
+A `Mirror` holds the VALIDATION, TRAINING and DISFAVOURED rows as contiguous numpy
+arrays ordered by seq. `sync` loads only rows whose ``version`` is newer than the
+mirror's (new rows and rows that changed status; rows that became TOMBSTONE are
+dropped), so its cost follows the change, not the table. `apply` follows an append
+made in this process from its `AppendResult` without any query. The mirror is a
+registered reader (table ``readers``): `purge` keeps every TOMBSTONE row it has not
+seen. Its recorded version is written by `sync`, `heartbeat` and registration.
+
+`draw` makes a training batch from the trainable pool (TRAINING + DISFAVOURED): the
+whole pool, shuffled, when it holds at most `batch_size` rows; otherwise
+``batch_prior_count(f, B, prior in pool)`` prior-origin rows without replacement, and
+the rest uniformly without replacement from the remaining pool rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import Connection, delete, insert, select, update
+
+from falcon_lite.core.policy import Origin, Status, batch_prior_count
+from falcon_lite.store.errors import NotFoundError
+from falcon_lite.store.models import utcnow
+from falcon_lite.store.samples import READERS, RUNS, SAMPLES, TOMBSTONE, AppendResult, SampleStore, check_samples
+
+_VALIDATION = int(Status.VALIDATION)
+_TRAINING = int(Status.TRAINING)
+_PRIOR = int(Origin.PRIOR)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Samples as arrays: theta, x ``(n, dim)``; origin, log_q, log_prior, seq ``(n,)``."""
+
+    theta: np.ndarray
+    x: np.ndarray
+    origin: np.ndarray
+    log_q: np.ndarray
+    log_prior: np.ndarray
+    seq: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+
+class Mirror:
+    """A registered in-memory reader of a run's live samples (see the module doc)."""
+
+    def __init__(self, store: SampleStore, name: str) -> None:
+        if not name:
+            raise ValueError("a mirror needs a non-empty reader name")
+        self.store = store
+        self.name = str(name)
+        self.version = -1
+        self.closed = False
+        with store.writer.begin() as conn:
+            version = self._lock_run(conn)
+            self._load_all(conn, version)
+            self._register(conn)
+
+    # -- keeping up -----------------------------------------------------------------------
+
+    def sync(self) -> int:
+        """Load the changes since this mirror's version; return how many rows changed."""
+        self._check_open()
+        with self.store.writer.begin() as conn:
+            version = self._lock_run(conn)
+            known = conn.execute(
+                select(READERS.c.version).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
+            ).first()
+            if known is None:  # dropped by purge (stale heartbeat): its deltas may be gone
+                n = self._load_all(conn, version)
+                self._register(conn)
+                return n
+            n = 0
+            if version > self.version:
+                rows = conn.execute(
+                    select(*_COLUMNS).where(SAMPLES.c.run_id == self.store.run_id, SAMPLES.c.version > self.version)
+                    .order_by(SAMPLES.c.seq)
+                ).all()
+                self._merge(*self._decode(rows))
+                n = len(rows)
+                self.version = version
+            self._write_version(conn)
+        return n
+
+    def apply(self, result: AppendResult, theta, x, origin, log_q, log_prior) -> None:
+        """Follow an append made in this process (same arguments) without a query.
+
+        Falls back to `sync` unless `result.version` is exactly the next version.
+        """
+        self._check_open()
+        if result.version != self.version + 1:
+            self.sync()
+            return
+        c = check_samples(theta, x, origin, log_q, log_prior, self.store.dim, self.store.dtype)
+        ok = c.ok
+        if int(ok.sum()) != result.accepted:
+            raise ValueError("apply() needs the very arrays that were appended")
+        seq = np.arange(result.first_seq, result.first_seq + result.accepted, dtype=np.int64)
+        self._merge(
+            seq, np.full(len(seq), _VALIDATION, np.int8), c.origin[ok], c.theta[ok], c.x[ok],
+            c.log_q[ok], c.log_prior[ok],
+        )
+        self._merge(result.move_seqs, result.move_status.astype(np.int8))
+        self.version = result.version
+
+    def heartbeat(self) -> None:
+        """Record this mirror's version and liveness (so purge may free what it has seen)."""
+        self._check_open()
+        with self.store.writer.begin() as conn:
+            self._write_version(conn)
+
+    def close(self) -> None:
+        """Unregister the reader; the mirror cannot be used afterwards."""
+        if self.closed:
+            return
+        with self.store.writer.begin() as conn:
+            conn.execute(delete(READERS).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name))
+        self.closed = True
+
+    def __enter__(self) -> Mirror:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def trainable_size(self) -> int:
+        return len(self._pool)
+
+    @property
+    def size(self) -> int:
+        return len(self.seq)
+
+    def validation(self) -> Batch:
+        """The VALIDATION rows, oldest first."""
+        return self._batch(np.flatnonzero(self.status == _VALIDATION))
+
+    def trainable(self) -> Batch:
+        """The whole trainable pool, oldest first."""
+        return self._batch(self._pool)
+
+    def draw(self, batch_size: int, rng: np.random.Generator, prior_fraction: float) -> Batch:
+        """A training batch honouring the quota (see the module doc)."""
+        pool = self._pool
+        n = len(pool)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if n <= batch_size:
+            return self._batch(pool[rng.permutation(n)])
+        prior_pos = self._pool_prior
+        k = batch_prior_count(prior_fraction, batch_size, len(prior_pos))
+        if k == 0:
+            return self._batch(pool[rng.choice(n, batch_size, replace=False)])
+        chosen = prior_pos[rng.choice(len(prior_pos), k, replace=False)]
+        rest = np.ones(n, bool)
+        rest[chosen] = False
+        rest_pos = np.flatnonzero(rest)
+        others = rest_pos[rng.choice(len(rest_pos), batch_size - k, replace=False)]
+        return self._batch(pool[np.concatenate([chosen, others])])
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"mirror {self.name!r} is closed")
+
+    def _lock_run(self, conn: Connection) -> int:
+        """Share-lock the run row (writers wait) and return its version."""
+        row = conn.execute(
+            select(RUNS.c.version).where(RUNS.c.id == self.store.run_id).with_for_update(read=True)
+        ).first()
+        if row is None:
+            raise NotFoundError(f"run {self.store.run_id} not found")
+        return int(row[0])
+
+    def _register(self, conn: Connection) -> None:
+        key = (READERS.c.run_id == self.store.run_id) & (READERS.c.name == self.name)
+        conn.execute(delete(READERS).where(key))
+        conn.execute(insert(READERS).values(run_id=self.store.run_id, name=self.name, version=self.version,
+                                            heartbeat=utcnow()))
+
+    def _write_version(self, conn: Connection) -> None:
+        changed = conn.execute(
+            update(READERS)
+            .where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
+            .values(version=self.version, heartbeat=utcnow())
+        ).rowcount
+        if not changed:
+            # dropped meanwhile: re-registering at our version is safe only after a full
+            # load, so leave the row absent and let the next sync reload.
+            pass
+
+    def _load_all(self, conn: Connection, version: int) -> int:
+        rows = conn.execute(
+            select(*_COLUMNS).where(SAMPLES.c.run_id == self.store.run_id, SAMPLES.c.status < TOMBSTONE)
+            .order_by(SAMPLES.c.seq)
+        ).all()
+        (self.seq, self.status, self.origin, self.theta, self.x, self.log_q,
+         self.log_prior) = self._decode(rows)
+        self.version = version
+        self._reindex()
+        return len(rows)
+
+    def _decode(self, rows) -> tuple[np.ndarray, ...]:
+        dim, dtype = self.store.dim, self.store.dtype
+        n = len(rows)
+        if n == 0:
+            empty = np.empty((0, dim), dtype)
+            return (np.empty(0, np.int64), np.empty(0, np.int8), np.empty(0, np.int8), empty, empty.copy(),
+                    np.empty(0), np.empty(0))
+        seq, status, origin, theta, x, log_q, log_prior = zip(*rows)
+        return (
+            np.array(seq, np.int64), np.array(status, np.int8), np.array(origin, np.int8),
+            np.frombuffer(b"".join(theta), dtype).reshape(n, dim).copy(),
+            np.frombuffer(b"".join(x), dtype).reshape(n, dim).copy(),
+            np.array(log_q, np.float64), np.array(log_prior, np.float64),
+        )
+
+    def _merge(self, seq, status, origin=None, theta=None, x=None, log_q=None, log_prior=None) -> None:
+        """Apply rows (seq, status[, data]): update known seqs, add unknown live ones, drop tombstones."""
+        if len(seq) == 0:
+            return
+        pos = np.searchsorted(self.seq, seq)
+        known = np.zeros(len(seq), bool)
+        if len(self.seq):
+            inside = pos < len(self.seq)
+            known[inside] = self.seq[pos[inside]] == seq[inside]
+        self.status[pos[known]] = status[known]
+        if theta is not None:
+            new = ~known & (status < TOMBSTONE)
+            if new.any():
+                self.seq = np.concatenate([self.seq, seq[new]])
+                self.status = np.concatenate([self.status, status[new]])
+                self.origin = np.concatenate([self.origin, origin[new]])
+                self.theta = np.concatenate([self.theta, theta[new]])
+                self.x = np.concatenate([self.x, x[new]])
+                self.log_q = np.concatenate([self.log_q, log_q[new]])
+                self.log_prior = np.concatenate([self.log_prior, log_prior[new]])
+                if len(self.seq) > 1 and not (np.diff(self.seq) > 0).all():
+                    order = np.argsort(self.seq, kind="stable")
+                    self._take(order)
+        keep = self.status < TOMBSTONE
+        if not keep.all():
+            self._take(np.flatnonzero(keep))
+        self._reindex()
+
+    def _take(self, index: np.ndarray) -> None:
+        for name in ("seq", "status", "origin", "theta", "x", "log_q", "log_prior"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name)[index]))
+
+    def _reindex(self) -> None:
+        trainable = self.status >= _TRAINING
+        self._pool = np.flatnonzero(trainable)
+        self._pool_prior = np.flatnonzero(self.origin[self._pool] == _PRIOR)
+
+    def _batch(self, index: np.ndarray) -> Batch:
+        return Batch(self.theta[index], self.x[index], self.origin[index], self.log_q[index],
+                     self.log_prior[index], self.seq[index])
+
+
+_COLUMNS = (SAMPLES.c.seq, SAMPLES.c.status, SAMPLES.c.origin, SAMPLES.c.theta, SAMPLES.c.x,
+            SAMPLES.c.log_q, SAMPLES.c.log_prior)

@@ -1,0 +1,373 @@
+"""The durable sample buffer of one run: append, rotate, disfavour, purge, composition.
+
+Every change runs in one transaction that first locks the run's row (``UPDATE runs``
+on both databases; ``BEGIN IMMEDIATE`` on SQLite), so writers to one run serialize and
+each change gets the next run ``version``. A change:
+
+1. inserts the new rows (statuses computed below) with fresh ``seq`` numbers,
+2. reads the live window (``status < TOMBSTONE``, oldest first; a partial index),
+3. applies `falcon_lite.core.policy.rotate` to the window plus the new rows (new rows
+   enter as VALIDATION; one promoted or evicted in the same change is inserted with its
+   final status, which is the same history collapsed into one transaction),
+4. updates the moved rows with ``WHERE status = old`` so a status never moves backwards,
+5. adjusts ``status_counts`` so `composition` never scans ``samples``.
+
+Rows whose theta or x hold NaN/inf (or whose log_q/log_prior is NaN) are not stored;
+they are counted in ``runs.rejected``. Readers (`falcon_lite.store.mirror.Mirror`)
+load only rows whose ``version`` is newer than theirs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select, update
+
+from falcon_lite.core.policy import TRAINABLE, Live, Origin, Sizes, Status, rotate
+from falcon_lite.store.db import check_schema, writer
+from falcon_lite.store.errors import ConflictError, InvalidSampleError, NotFoundError
+from falcon_lite.store.models import Reader, Run, Sample, StatusCount, utcnow
+
+RUNS = Run.__table__
+SAMPLES = Sample.__table__
+COUNTS = StatusCount.__table__
+READERS = Reader.__table__
+TOMBSTONE = int(Status.TOMBSTONE)
+ORIGIN_NAMES = {Origin.PRIOR: "prior", Origin.PROPOSAL: "proposal"}
+DEFAULT_READER_TIMEOUT_S = 600.0
+_IN_CHUNK = 5000  # seqs per UPDATE ... WHERE seq IN (...), well under SQLite's variable limit
+_LIVE = {(int(s), int(o)): Live(s, o) for s in Status for o in Origin}
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """What one append changed: enough for a mirror in this process to follow without a query.
+
+    The accepted rows got seqs ``first_seq .. first_seq + accepted - 1`` in input order
+    (rejected rows skipped); ``move_seqs[i]`` moved to ``move_status[i]`` (new rows that
+    left VALIDATION in the same change included).
+    """
+
+    accepted: int
+    rejected: int
+    first_seq: int
+    version: int
+    move_seqs: np.ndarray = field(repr=False)
+    move_status: np.ndarray = field(repr=False)
+
+    @property
+    def moves(self) -> dict[int, Status]:
+        return {int(s): Status(int(t)) for s, t in zip(self.move_seqs, self.move_status)}
+
+
+@dataclass(frozen=True)
+class Composition:
+    """The buffer's counts by status and origin, from ``status_counts`` (no table scan)."""
+
+    counts: dict[str, dict[str, int]]
+    purged: int
+    rejected: int
+    total: int
+    prior_share_trainable: float
+
+    def to_dict(self, prior_fraction: float | str) -> dict[str, Any]:
+        """The body of ``GET /runs/{id}/buffer`` (DESIGN.md, REST contract)."""
+        return {
+            "counts": {s: dict(o) for s, o in self.counts.items()},
+            "purged": self.purged,
+            "total": self.total,
+            "prior_share_trainable": self.prior_share_trainable,
+            "prior_fraction": prior_fraction,
+        }
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Validated append input: arrays in canonical dtypes and the mask of storable rows."""
+
+    theta: np.ndarray
+    x: np.ndarray
+    origin: np.ndarray
+    log_q: np.ndarray
+    log_prior: np.ndarray
+    ok: np.ndarray
+
+
+def check_samples(theta, x, origin, log_q, log_prior, dim: int, dtype: np.dtype) -> Checked:
+    """Validate append input; `InvalidSampleError` names the argument and expected vs got."""
+    arrays = {}
+    for name, value in (("theta", theta), ("x", x)):
+        if not isinstance(value, np.ndarray):
+            raise InvalidSampleError(f"{name} must be a numpy array of shape (n, {dim}), got {type(value).__name__}")
+        if value.ndim != 2 or value.shape[1] != dim:
+            raise InvalidSampleError(f"{name} must have shape (n, {dim}), got {value.shape}")
+        if value.dtype != dtype:
+            raise InvalidSampleError(f"{name} must have dtype {dtype}, got {value.dtype}")
+        arrays[name] = np.ascontiguousarray(value)
+    n = len(arrays["theta"])
+    if len(arrays["x"]) != n:
+        raise InvalidSampleError(f"x must have {n} rows like theta, got {len(arrays['x'])}")
+    origin = np.asarray(origin)
+    if origin.shape != (n,):
+        raise InvalidSampleError(f"origin must have shape ({n},), got {origin.shape}")
+    if origin.dtype == np.bool_:
+        origin = np.where(origin, int(Origin.PRIOR), int(Origin.PROPOSAL)).astype(np.int8)
+    elif np.issubdtype(origin.dtype, np.integer):
+        if n and not np.isin(origin, (int(Origin.PRIOR), int(Origin.PROPOSAL))).all():
+            raise InvalidSampleError(f"origin values must be Origin.PRIOR (0) or Origin.PROPOSAL (1), got {np.unique(origin)}")
+        origin = origin.astype(np.int8)
+    else:
+        raise InvalidSampleError(f"origin must be an integer (Origin) or bool (True = prior) array, got dtype {origin.dtype}")
+    vectors = {}
+    for name, value in (("log_q", log_q), ("log_prior", log_prior)):
+        value = np.asarray(value)
+        if value.shape != (n,):
+            raise InvalidSampleError(f"{name} must have shape ({n},), got {value.shape}")
+        if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+            raise InvalidSampleError(f"{name} must be a float array, got dtype {value.dtype}")
+        vectors[name] = value.astype(np.float64)
+    ok = (
+        np.isfinite(arrays["theta"]).all(axis=1)
+        & np.isfinite(arrays["x"]).all(axis=1)
+        & ~np.isnan(vectors["log_q"])
+        & ~np.isnan(vectors["log_prior"])
+    )
+    return Checked(arrays["theta"], arrays["x"], origin, vectors["log_q"], vectors["log_prior"], ok)
+
+
+def rotate_window(status: np.ndarray, origin: np.ndarray, sizes: Sizes) -> tuple[np.ndarray, np.ndarray]:
+    """`policy.rotate` over a window given as arrays: (indices that move, their new statuses)."""
+    live = [_LIVE[key] for key in zip(status.tolist(), origin.tolist())]
+    moves = rotate(live, sizes)
+    if not moves:
+        return np.empty(0, np.int64), np.empty(0, np.int8)
+    idx = np.fromiter(moves.keys(), np.int64, len(moves))
+    new = np.fromiter((int(s) for s in moves.values()), np.int8, len(moves))
+    return idx, new
+
+
+class SampleStore:
+    """One run's sample buffer in the database (see the module doc).
+
+    `sizes` may be replaced (``store.sizes = Sizes(...)``); call `rotate` afterwards.
+    """
+
+    def __init__(self, engine: Engine, run_id: int, sizes: Sizes, dim: int, dtype: str = "float64") -> None:
+        if not isinstance(sizes, Sizes):
+            raise TypeError(f"sizes must be a falcon_lite.core.policy.Sizes, got {type(sizes).__name__}")
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be a positive integer, got {dim!r}")
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"dtype must be a float dtype, got {dtype!r}")
+        check_schema(engine)
+        self.engine = engine
+        self.writer = writer(engine)
+        self.run_id = int(run_id)
+        self.sizes = sizes
+        self.dim = dim
+        with engine.connect() as conn:
+            if conn.execute(select(RUNS.c.id).where(RUNS.c.id == self.run_id)).first() is None:
+                raise NotFoundError(f"run {run_id} not found")
+
+    # -- writes -------------------------------------------------------------------------
+
+    def append(self, theta, x, origin, step: int, log_q, log_prior) -> AppendResult:
+        """Store a batch as VALIDATION and rotate, in one transaction (see the module doc)."""
+        checked = check_samples(theta, x, origin, log_q, log_prior, self.dim, self.dtype)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise InvalidSampleError(f"step must be a non-negative integer, got {step!r}")
+        n_ok = int(checked.ok.sum())
+        n_bad = len(checked.ok) - n_ok
+        with self.writer.begin() as conn:
+            next_seq, version = self._lock(
+                conn, next_seq=RUNS.c.next_seq + n_ok, appended=RUNS.c.appended + n_ok,
+                rejected=RUNS.c.rejected + n_bad,
+            )
+            first_seq = next_seq - n_ok
+            new_seq = np.arange(first_seq, next_seq, dtype=np.int64)
+            new_origin = checked.origin[checked.ok]
+            move_seqs, move_status, new_status = self._rotate_and_update(conn, version, new_seq, new_origin)
+            if n_ok:
+                self._insert(conn, checked, new_seq, new_status, int(step), version)
+        return AppendResult(n_ok, n_bad, first_seq, version, move_seqs, move_status)
+
+    def disfavour(self, seqs) -> int:
+        """Mark TRAINING samples DISFAVOURED (others are ignored), then rotate; return how many moved."""
+        seqs = np.unique(np.asarray(seqs, dtype=np.int64))
+        with self.writer.begin() as conn:
+            _, version = self._lock(conn)
+            moved = []
+            for chunk in _chunks(seqs):
+                moved += conn.execute(
+                    update(SAMPLES)
+                    .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.seq.in_(chunk.tolist()),
+                           SAMPLES.c.status == int(Status.TRAINING))
+                    .values(status=int(Status.DISFAVOURED), version=version)
+                    .returning(SAMPLES.c.origin)
+                ).scalars().all()
+            delta = Counter()
+            for o in moved:
+                delta[(int(Status.TRAINING), o)] -= 1
+                delta[(int(Status.DISFAVOURED), o)] += 1
+            self._add_counts(conn, delta)
+            self._rotate_and_update(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
+        return len(moved)
+
+    def rotate(self) -> int:
+        """Apply the policy with the current sizes without appending; return how many rows moved."""
+        with self.writer.begin() as conn:
+            _, version = self._lock(conn)
+            move_seqs, _, _ = self._rotate_and_update(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
+        return len(move_seqs)
+
+    def purge(self, reader_timeout_s: float = DEFAULT_READER_TIMEOUT_S) -> int:
+        """Delete TOMBSTONE rows no reader can still hold; return how many were deleted.
+
+        Readers whose heartbeat is older than `reader_timeout_s` are dropped first (a
+        dropped mirror reloads in full on its next sync). With no readers left, every
+        TOMBSTONE row goes.
+        """
+        with self.writer.begin() as conn:
+            self._lock(conn, bump=False)
+            cutoff = utcnow() - timedelta(seconds=reader_timeout_s)
+            conn.execute(delete(READERS).where(READERS.c.run_id == self.run_id, READERS.c.heartbeat < cutoff))
+            floor = conn.execute(
+                select(func.min(READERS.c.version)).where(READERS.c.run_id == self.run_id)
+            ).scalar_one_or_none()
+            where = [SAMPLES.c.run_id == self.run_id, SAMPLES.c.status == TOMBSTONE]
+            if floor is not None:
+                where.append(SAMPLES.c.version <= floor)
+            by_origin = conn.execute(
+                select(SAMPLES.c.origin, func.count()).where(*where).group_by(SAMPLES.c.origin)
+            ).all()
+            n = sum(c for _, c in by_origin)
+            if n:
+                conn.execute(delete(SAMPLES).where(*where))
+                self._add_counts(conn, Counter({(TOMBSTONE, o): -c for o, c in by_origin}))
+                conn.execute(update(RUNS).where(RUNS.c.id == self.run_id).values(purged=RUNS.c.purged + n))
+        return n
+
+    # -- reads --------------------------------------------------------------------------
+
+    def composition(self) -> Composition:
+        """Counts by (status, origin), purged, rejected and the pool's prior share."""
+        with self.engine.connect() as conn, conn.begin():
+            run = conn.execute(
+                select(RUNS.c.purged, RUNS.c.rejected).where(RUNS.c.id == self.run_id)
+            ).one_or_none()
+            if run is None:
+                raise NotFoundError(f"run {self.run_id} not found")
+            rows = conn.execute(
+                select(COUNTS.c.status, COUNTS.c.origin, COUNTS.c.n).where(COUNTS.c.run_id == self.run_id)
+            ).all()
+        counts = {s.name: {name: 0 for name in ORIGIN_NAMES.values()} for s in Status}
+        for s, o, n in rows:
+            counts[Status(s).name][ORIGIN_NAMES[Origin(o)]] += int(n)
+        pool = [counts[s.name] for s in TRAINABLE]
+        n_pool = sum(c["prior"] + c["proposal"] for c in pool)
+        share = sum(c["prior"] for c in pool) / n_pool if n_pool else 0.0
+        total = sum(c["prior"] + c["proposal"] for c in counts.values()) + int(run.purged)
+        return Composition(counts, int(run.purged), int(run.rejected), total, share)
+
+    def mirror(self, name: str):
+        """Register an in-memory reader of this run's live samples (see `Mirror`)."""
+        from falcon_lite.store.mirror import Mirror
+
+        return Mirror(self, name)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _lock(self, conn: Connection, bump: bool = True, **values) -> tuple[int, int]:
+        """Lock the run row (an UPDATE), bump its version; return (next_seq, version) after."""
+        if bump:
+            values["version"] = RUNS.c.version + 1
+        values["updated"] = utcnow()
+        row = conn.execute(
+            update(RUNS).where(RUNS.c.id == self.run_id).values(**values)
+            .returning(RUNS.c.next_seq, RUNS.c.version)
+        ).one_or_none()
+        if row is None:
+            raise NotFoundError(f"run {self.run_id} not found")
+        return int(row[0]), int(row[1])
+
+    def _rotate_and_update(
+        self, conn: Connection, version: int, new_seq: np.ndarray, new_origin: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rotate the live window plus new rows; update moved old rows and the counts.
+
+        Returns (moved seqs, their new statuses, final statuses of the new rows).
+        """
+        rows = conn.execute(
+            select(SAMPLES.c.seq, SAMPLES.c.status, SAMPLES.c.origin)
+            .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.status < TOMBSTONE)
+            .order_by(SAMPLES.c.seq)
+        ).all()
+        old = np.array(rows, dtype=np.int64).reshape(-1, 3)
+        n_old = len(old)
+        seq = np.concatenate([old[:, 0], new_seq])
+        status = np.concatenate([old[:, 1].astype(np.int8), np.zeros(len(new_seq), np.int8)])
+        origin = np.concatenate([old[:, 2].astype(np.int8), new_origin.astype(np.int8)])
+        idx, new = rotate_window(status, origin, self.sizes)
+        delta = Counter()
+        for s, o in zip(status[n_old:].tolist(), origin[n_old:].tolist()):
+            delta[(s, o)] += 1
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in zip(idx.tolist(), new.tolist()):
+            s, o = int(status[i]), int(origin[i])
+            delta[(s, o)] -= 1
+            delta[(t, o)] += 1
+            if i < n_old:
+                groups.setdefault((s, t), []).append(int(seq[i]))
+        final = status.copy()
+        final[idx] = new
+        for (s, t), seqs in groups.items():
+            for chunk in _chunks(seqs):
+                changed = conn.execute(
+                    update(SAMPLES)
+                    .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.seq.in_(chunk), SAMPLES.c.status == s)
+                    .values(status=t, version=version)
+                ).rowcount
+                if changed != len(chunk):
+                    raise ConflictError(
+                        f"run {self.run_id}: {len(chunk) - changed} samples changed status concurrently"
+                    )
+        self._add_counts(conn, delta)
+        return seq[idx], new, final[n_old:]
+
+    def _add_counts(self, conn: Connection, delta: Counter) -> None:
+        params = [
+            {"b_status": s, "b_origin": o, "b_n": d} for (s, o), d in sorted(delta.items()) if d
+        ]
+        if not params:
+            return
+        conn.execute(
+            update(COUNTS)
+            .where(COUNTS.c.run_id == self.run_id, COUNTS.c.status == bindparam("b_status"),
+                   COUNTS.c.origin == bindparam("b_origin"))
+            .values(n=COUNTS.c.n + bindparam("b_n")),
+            params,
+        )
+
+    def _insert(self, conn: Connection, c: Checked, seq: np.ndarray, status: np.ndarray, step: int,
+                version: int) -> None:
+        ok = c.ok
+        theta, x = c.theta[ok], c.x[ok]
+        rows = [
+            {"run_id": self.run_id, "seq": s, "status": st, "origin": o, "step": step,
+             "theta": t.tobytes(), "x": xx.tobytes(), "log_q": lq, "log_prior": lp, "version": version}
+            for s, st, o, t, xx, lq, lp in zip(
+                seq.tolist(), status.tolist(), c.origin[ok].tolist(), theta, x,
+                c.log_q[ok].tolist(), c.log_prior[ok].tolist(),
+            )
+        ]
+        conn.execute(insert(SAMPLES), rows)
+
+
+def _chunks(values) -> list:
+    values = list(values) if not isinstance(values, np.ndarray) else values
+    return [values[i:i + _IN_CHUNK] for i in range(0, len(values), _IN_CHUNK)] if len(values) else []
