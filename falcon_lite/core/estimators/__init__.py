@@ -1,0 +1,36 @@
+"""Estimators by registered name: ``gaussian_ema`` (the seed's NPE) and ``gaussian_nle`` (its NLE).
+
+Both are ``nn.Module``s with the interface the engine uses:
+``posterior(x_obs (D,)) -> (mean (D,), var (D,))``, ``posterior_batch(x (n, D))``,
+``sample(x_obs, n, torch.Generator) -> (n, D)``, ``pair(theta, x) -> (input, output)`` of the
+regression their ``head`` (a ``GaussianHead``) learns, ``state_dict``/``load_state_dict``
+(everything: weights, EMA log_var, normaliser statistics, NLE's MAP warm start) and
+``extra_stats``. Training is in ``falcon_lite.core.training``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from falcon_lite.core.estimators.head import GaussianHead
+from falcon_lite.core.estimators.nle import GaussianNLE
+from falcon_lite.core.estimators.npe import GaussianEMA
+
+ESTIMATORS: dict[str, type] = {"gaussian_ema": GaussianEMA, "gaussian_nle": GaussianNLE}
+
+Estimator = GaussianEMA | GaussianNLE
+
+__all__ = ["ESTIMATORS", "Estimator", "GaussianEMA", "GaussianHead", "GaussianNLE", "make_estimator"]
+
+
+def make_estimator(cfg, dim: int, prior, generator: torch.Generator | None = None) -> Estimator:
+    """Build the estimator named by ``cfg.name`` (an EstimatorConfig) for a ``dim``-dim problem.
+
+    The initial weights come from ``generator`` if given, else from torch's global generator
+    (which the caller seeds).
+    """
+    try:
+        cls = ESTIMATORS[cfg.name]
+    except KeyError:
+        raise ValueError(f"unknown estimator {cfg.name!r}; known: {sorted(ESTIMATORS)}") from None
+    return cls(cfg, dim, prior, generator)

@@ -1,0 +1,20 @@
+"""What both estimators share beyond the head: building it from a config, and Gaussian sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from falcon_lite.core.estimators.head import GaussianHead
+
+
+def head_from_config(cfg, dim: int, generator: torch.Generator | None) -> GaussianHead:
+    """The GaussianHead an EstimatorConfig describes."""
+    return GaussianHead(dim, list(cfg.hidden), cfg.activation, cfg.dtype, cfg.ema_momentum,
+                        cfg.normalize, cfg.residual, cfg.loss, generator)
+
+
+def gaussian_sample(mean: np.ndarray, var: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+    """n draws (n, D) from N(mean, diag(var)), the noise from `generator` (float64)."""
+    eps = torch.randn((n, mean.shape[0]), generator=generator, dtype=torch.float64).numpy()
+    return mean + np.sqrt(var) * eps

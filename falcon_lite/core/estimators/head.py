@@ -1,0 +1,129 @@
+"""A Gaussian regression head: the shared piece of both estimators.
+
+It regresses an output ``out`` (n, D) on an input ``inp`` (n, D) with a diagonal Gaussian error:
+``out ~ N(mean(inp), diag(exp(log_var)))``. The NPE estimator uses it with (inp, out) = (x, theta),
+the NLE estimator with (theta, x). Options compose inside ``mean``:
+
+- ``normalize``: the MLP sees ``(inp - in_mean) / in_std`` and predicts the standardised target
+  ``(t - out_mean) / out_std``; all four statistics are running EMAs (momentum ``ema_momentum``,
+  set directly by the first batch) updated by ``observe`` from each training batch;
+- ``residual``: the target is ``t = out - inp`` and ``mean(inp) = inp + r(inp)``; r's last layer
+  starts near zero (scaled by 1e-3, not exactly zero, so every parameter gets a gradient);
+- ``loss="mse"`` (default): loss = weighted mean over rows of the mean over dims of
+  ``(out - mean)^2`` (divided by ``out_std^2`` under ``normalize``, i.e. the MSE in standardised
+  units); the variance is then an EMA, ``update_variance``:
+  ``log_var <- (1 - m) log_var + m log(sum_i w_i (out_i - mean_i)^2)`` per dim, without grad,
+  ``w_i = 1/n`` unless importance weights are given; initial ``log_var = 0``;
+- ``loss="nll"``: ``log_var`` is a trainable parameter and the loss is the Gaussian NLL
+  ``mean over dims of 0.5 * ((out - mean)^2 / exp(log_var) + log_var)`` (no EMA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_TINY_STD = 1e-30
+
+
+def mlp(dim_in: int, hidden: list[int], dim_out: int, activation: str, dtype: torch.dtype) -> nn.Sequential:
+    """dim_in -> hidden[0] -> act -> ... -> hidden[-1] -> act -> dim_out."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    layers: list[nn.Module] = []
+    width = dim_in
+    for h in hidden:
+        layers += [nn.Linear(width, h, dtype=dtype), ACTIVATIONS[activation]()]
+        width = h
+    layers.append(nn.Linear(width, dim_out, dtype=dtype))
+    return nn.Sequential(*layers)
+
+
+def init_from(net: nn.Sequential, generator: torch.Generator) -> None:
+    """Re-draw every Linear layer like torch's default init, but from `generator`."""
+    with torch.no_grad():
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                bound = 1.0 / math.sqrt(layer.in_features)
+                for p in (layer.weight, layer.bias):
+                    p.copy_(torch.rand(p.shape, generator=generator, dtype=p.dtype) * 2 * bound - bound)
+
+
+class GaussianHead(nn.Module):
+    """out ~ N(mean(inp), diag(exp(log_var))), see the module docstring for the options."""
+
+    def __init__(self, dim: int, hidden: list[int], activation: str = "tanh", dtype: str = "float64",
+                 ema_momentum: float = 0.01, normalize: bool = False, residual: bool = False,
+                 loss: str = "mse", generator: torch.Generator | None = None):
+        super().__init__()
+        if loss not in ("mse", "nll"):
+            raise ValueError(f"unknown loss {loss!r}; known: ['mse', 'nll']")
+        self.dtype = DTYPES[dtype]
+        self.dim, self.momentum = dim, float(ema_momentum)
+        self.normalize, self.residual, self.nll = normalize, residual, loss == "nll"
+        self.net = mlp(dim, hidden, dim, activation, self.dtype)
+        if generator is not None:
+            init_from(self.net, generator)
+        if residual:
+            with torch.no_grad():
+                self.net[-1].weight.mul_(1e-3)
+                self.net[-1].bias.mul_(1e-3)
+        zeros = torch.zeros(dim, dtype=self.dtype)
+        if self.nll:
+            self.log_var = nn.Parameter(zeros.clone())
+        else:
+            self.register_buffer("log_var", zeros.clone())
+        if normalize:
+            for name, init in (("in_mean", 0.0), ("in_std", 1.0), ("out_mean", 0.0), ("out_std", 1.0)):
+                self.register_buffer(name, torch.full((dim,), init, dtype=self.dtype))
+            self.register_buffer("norm_count", torch.zeros((), dtype=torch.long))
+
+    def mean(self, inp: torch.Tensor) -> torch.Tensor:
+        """(n, D) -> (n, D): the predicted mean of out."""
+        h = (inp - self.in_mean) / self.in_std if self.normalize else inp
+        u = self.net(h)
+        if self.normalize:
+            u = self.out_mean + self.out_std * u
+        return inp + u if self.residual else u
+
+    @torch.no_grad()
+    def observe(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        """Update the running standardisation statistics from one batch (no-op without normalize)."""
+        if not self.normalize:
+            return
+        target = out - inp if self.residual else out
+        m = 1.0 if int(self.norm_count) == 0 else self.momentum
+        for (mean, std), values in (((self.in_mean, self.in_std), inp), ((self.out_mean, self.out_std), target)):
+            mean.mul_(1 - m).add_(values.mean(0), alpha=m)
+            std.mul_(1 - m).add_(values.std(0, unbiased=False).clamp_min(_TINY_STD), alpha=m)
+        self.norm_count += 1
+
+    def loss(self, inp: torch.Tensor, out: torch.Tensor, w: torch.Tensor | None = None):
+        """The training loss (scalar) and the detached residuals out - mean(inp) (n, D).
+
+        ``w`` (n,), if given, are self-normalised row weights (summing to one).
+        """
+        r = out - self.mean(inp)
+        if self.nll:
+            per_row = (0.5 * (r * r * torch.exp(-self.log_var) + self.log_var)).mean(-1)
+        else:
+            s = r / self.out_std if self.normalize else r
+            per_row = (s * s).mean(-1)
+        loss = per_row.mean() if w is None else (w * per_row).sum()
+        return loss, r.detach()
+
+    @torch.no_grad()
+    def update_variance(self, r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """EMA step of log_var from residuals r (n, D); returns the batch log-variance (D,).
+
+        Under ``loss="nll"`` log_var is trained by the optimizer and is left alone here.
+        """
+        r2 = (r * r).mean(0) if w is None else (w[:, None] * r * r).sum(0)
+        batch_log_var = torch.log(r2)
+        if not self.nll:
+            self.log_var.mul_(1 - self.momentum).add_(batch_log_var, alpha=self.momentum)
+        return batch_log_var

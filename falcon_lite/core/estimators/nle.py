@@ -1,0 +1,113 @@
+"""``gaussian_nle``: the seed's neural likelihood estimator, with a Laplace posterior.
+
+p(x | theta) = N(g(theta), diag(exp(log_var))): an MLP mean g trained by MSE on (theta, x)
+pairs, and an EMA variance of the x residuals (the same ``GaussianHead`` as the NPE, roles
+swapped). The posterior for the proposal is Laplace's approximation of
+prior(theta) * likelihood(x_obs | theta): the MAP of
+
+    f(theta) = -log prior(theta) + 0.5 * sum_d (x_obs - g(theta))_d^2 / var_d
+
+found by damped Newton steps (the Hessian from ``torch.autograd.functional.hessian``; the
+Gauss-Newton matrix J^T diag(1/var) J + prior curvature where the Hessian is not positive
+definite), started from the previous MAP (kept in the state dict) or the prior mean; the
+posterior variance is the diagonal of the inverse of that matrix at the MAP.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.autograd.functional import hessian, jacobian
+
+from falcon_lite.core.estimators.common import gaussian_sample, head_from_config
+
+MAX_NEWTON_STEPS = 50
+
+
+class GaussianNLE(nn.Module):
+    """Likelihood estimator x ~ N(g(theta), var) whose posterior is a Laplace approximation."""
+
+    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None):
+        super().__init__()
+        self.dim, self.prior = dim, prior
+        self.importance_weighting = cfg.importance_weighting
+        self.variance_source = cfg.variance_source
+        self.head = head_from_config(cfg, dim, generator)
+        self.register_buffer("map_theta", torch.as_tensor(prior.mean, dtype=self.head.dtype).clone())
+        self.register_buffer("has_map", torch.zeros((), dtype=torch.bool))
+        self.extra_stats: dict = {}
+
+    @staticmethod
+    def pair(theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, output) of the regression: theta -> x."""
+        return theta, x
+
+    def _objective(self, x_obs: torch.Tensor):
+        precision = torch.exp(-self.head.log_var.detach())
+
+        def f(theta: torch.Tensor) -> torch.Tensor:
+            r = x_obs - self.head.mean(theta[None])[0]
+            return 0.5 * (r * r * precision).sum() - self.prior.log_prob_t(theta[None])[0]
+
+        return f, precision
+
+    def _curvature(self, f, theta: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+        """The Hessian of f at theta if positive definite, else the Gauss-Newton matrix."""
+        h = hessian(f, theta)
+        if torch.isfinite(h).all() and torch.linalg.cholesky_ex(h).info == 0:
+            return h
+        jac = jacobian(lambda t: self.head.mean(t[None])[0], theta)
+        gn = jac.T @ (precision[:, None] * jac)
+        prior_std = getattr(self.prior, "scale", None)
+        if prior_std is not None:
+            gn = gn + torch.eye(self.dim, dtype=gn.dtype) / prior_std**2
+        return gn + torch.eye(self.dim, dtype=gn.dtype) * 1e-12 * gn.diagonal().abs().max().clamp_min(1.0)
+
+    def laplace(self, x_obs: np.ndarray, start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MAP (D,), Laplace variance (D,)) for one observation, by damped Newton steps."""
+        x_t = torch.as_tensor(np.asarray(x_obs), dtype=self.head.dtype).reshape(self.dim)
+        theta = (self.map_theta if start is None else start).detach().clone()
+        f, precision = self._objective(x_t)
+        with torch.enable_grad():
+            value = f(theta).detach()
+            for _ in range(MAX_NEWTON_STEPS):
+                grad = jacobian(f, theta)
+                step = torch.linalg.solve(self._curvature(f, theta, precision), grad)
+                t, accepted = 1.0, False
+                while t > 1e-12:
+                    candidate = theta - t * step
+                    new_value = f(candidate).detach()
+                    if torch.isfinite(new_value) and new_value <= value:
+                        accepted = True
+                        break
+                    t *= 0.5
+                if not accepted:
+                    break
+                moved = (t * step).abs().max()
+                theta, value = candidate, new_value
+                if moved <= 1e-13 * (1.0 + theta.abs().max()):
+                    break
+            var = torch.linalg.inv(self._curvature(f, theta, precision)).diagonal()
+        return theta.detach(), var.detach()
+
+    def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (D,), var (D,)) of the Laplace posterior at x_obs; remembers the MAP as next start."""
+        start = self.map_theta if bool(self.has_map) else torch.as_tensor(self.prior.mean, dtype=self.head.dtype)
+        theta, var = self.laplace(x_obs, start)
+        with torch.no_grad():
+            self.map_theta.copy_(theta)
+            self.has_map.fill_(True)
+        return theta.to(torch.float64).numpy().copy(), var.to(torch.float64).numpy().copy()
+
+    def posterior_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Laplace means and variances (n, D) at every row of x, each from the prior mean."""
+        start = torch.as_tensor(self.prior.mean, dtype=self.head.dtype)
+        rows = [self.laplace(row, start) for row in np.asarray(x).reshape(-1, self.dim)]
+        mean = torch.stack([m for m, _ in rows]).to(torch.float64).numpy()
+        var = torch.stack([v for _, v in rows]).to(torch.float64).numpy()
+        return mean, var
+
+    def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+        """n draws (n, D) from the Laplace posterior at x_obs."""
+        return gaussian_sample(*self.posterior(x_obs), n, generator)

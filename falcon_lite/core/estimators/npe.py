@@ -1,0 +1,49 @@
+"""``gaussian_ema``: the seed's neural posterior estimator.
+
+q(theta | x) = N(mu(x), diag(exp(log_var))): an MLP mean mu(x) trained by MSE on (x, theta)
+pairs, and a variance that is not a function of x but an EMA of the batch residual
+log-variance (see ``head.GaussianHead``). The options (normalize, residual, nll loss) live in
+the head; importance weighting and the variance source live in ``training.train_step``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from falcon_lite.core.estimators.common import gaussian_sample, head_from_config
+
+
+class GaussianEMA(nn.Module):
+    """Posterior estimator: regression of theta on x with an EMA (or NLL-trained) variance."""
+
+    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None):
+        super().__init__()
+        self.dim = dim
+        self.importance_weighting = cfg.importance_weighting
+        self.variance_source = cfg.variance_source
+        self.head = head_from_config(cfg, dim, generator)
+        self.extra_stats: dict = {}
+
+    @staticmethod
+    def pair(theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, output) of the regression: x -> theta."""
+        return x, theta
+
+    @torch.no_grad()
+    def posterior_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior means and variances (n, D) at every row of x (n, D)."""
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.head.dtype).reshape(-1, self.dim)
+        mean = self.head.mean(x_t).to(torch.float64).numpy()
+        var = torch.exp(self.head.log_var).to(torch.float64).numpy()
+        return mean, np.broadcast_to(var, mean.shape).copy()
+
+    def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean (D,), var (D,)) of the learned Gaussian posterior at x_obs."""
+        mean, var = self.posterior_batch(np.asarray(x_obs).reshape(1, -1))
+        return mean[0], var[0]
+
+    def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
+        """n draws (n, D) from the learned posterior at x_obs."""
+        return gaussian_sample(*self.posterior(x_obs), n, generator)
