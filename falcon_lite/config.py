@@ -71,7 +71,6 @@ class PriorConfig(Strict):
 
 class EstimatorConfig(Strict):
     name: Literal["gaussian_ema", "gaussian_nle"] = "gaussian_ema"
-    preset: Literal["calibrated"] | None = None
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
     activation: Literal["tanh", "relu", "gelu", "silu"] = "tanh"
     dtype: Literal["float64", "float32"] = "float64"
@@ -95,7 +94,7 @@ class BufferConfig(Strict):
     validation_size: NonNegInt = 0
     min_training: NonNegInt = 128
     max_training: PositiveInt = 128
-    prior_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal["adaptive"] = 0.0
+    prior_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
     simulations_per_step: PositiveInt = 128
 
     @model_validator(mode="after")
@@ -118,6 +117,11 @@ class TrainingConfig(Strict):
 
 class RuntimeConfig(Strict):
     simulators: PositiveInt = 2
+    in_flight: PositiveInt = Field(4, description="Simulation batches in flight ahead of training (Ray).")
+    simulator_fail_every: PositiveInt | None = Field(
+        default=None,
+        description="Fault injection: every Nth call of a simulator actor raises (to test recovery).",
+    )
 
 
 class RunConfig(Strict):

@@ -1,9 +1,142 @@
-"""CLI verbs of the engine: `run` and `stress`."""
+"""CLI verbs of the engine: `run` (one run, inline or on Ray) and `stress` (a policy matrix)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from falcon_lite.config import RunConfig
+
+
+def parse_value(text: str):
+    """A grid value: JSON where it parses (0.2, true, null, "x"), else the plain string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise SystemExit(f"--grid takes KEY=V1,V2,... got {item!r}")
+        grid[key.strip()] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def load_config(path: str | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    try:
+        return RunConfig.model_validate_json(Path(path).read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"config file not found: {path}")
+    except ValidationError as exc:
+        raise SystemExit(f"invalid config {path}:\n{exc}")
+
+
+def _summary(config: RunConfig, row: dict | None, status: str) -> str:
+    if not row:
+        return f"run {config.name!r}: {status}, no diagnostics recorded"
+    return (
+        f"run {config.name!r}: {status} at step {row['step'] + 1}/{config.training.steps}; "
+        f"std_ratio {row['std_ratio']:.4g}, |bias|/sigma {row['abs_bias_over_sigma']:.4g}, loss {row['loss']:.4g}"
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from falcon_lite.settings import get_settings
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    config = load_config(args.config)
+    url = args.database_url or get_settings().db_url
+    migrate(url)
+    engine = make_engine(url)
+    with session_factory(engine).begin() as session:
+        run_id = runs.create_run(session, config).id
+    print(f"run {run_id} in {url}")
+    if args.ray:
+        from falcon_lite.runtime.control import RunControl
+
+        control = RunControl(database_url=url)
+        try:
+            status, row = control.run_to_end(run_id, progress=not args.quiet)
+        finally:
+            control.close()
+    else:
+        from falcon_lite.engine.inline import run_inline
+
+        last: dict = {}
+        bar = tqdm(total=config.training.steps, unit="step", disable=args.quiet)
+
+        def on_step(step: int, row: dict | None) -> None:
+            bar.update(1)
+            if row is not None:
+                last.update(row)
+                if step % 100 == 0:
+                    bar.set_postfix(std_ratio=f"{row['std_ratio']:.3g}", bias=f"{row['abs_bias_over_sigma']:.3g}")
+
+        run_inline(engine, run_id, on_step=on_step)
+        bar.close()
+        status, row = "completed", last
+    print(_summary(config, row, status))
+    return 0 if status == "completed" else 1
+
+
+def cmd_stress(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from falcon_lite.engine.stress import run_stress
+
+    grid = parse_grid(args.grid or [])
+    base = load_config(args.base)
+    if args.server:
+        from falcon_lite.client import Client
+
+        client = Client(args.server)
+        result = client.stress_and_wait(grid=grid, seeds=args.seeds, steps=args.steps, base=base, out_dir=args.out)
+        print(f"stress finished on {args.server}: {len(result['runs'])} runs; report in {args.out}")
+        return 0
+    bar = tqdm(total=None, unit="run")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        document = run_stress(grid, args.seeds, args.steps, Path(args.out), args.workers, base, progress)
+    except (KeyError, ValidationError) as exc:
+        print(f"invalid grid: {exc}", file=sys.stderr)
+        return 2
+    bar.close()
+    print((Path(args.out) / "report.md").read_text())
+    print(f"{len(document['runs'])} runs; results in {args.out}/results.json")
+    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("run", help="run one inference problem from a RunConfig JSON file")
+    p.add_argument("config", nargs="?", help="RunConfig JSON (default: the seed's scenario)")
+    p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS or a local instance)")
+    p.add_argument("--database-url", help="default: DATABASE_URL or the embedded SQLite file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stress", help="run a grid of config overrides x seeds and report the outcomes")
+    p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="dotted config key and its values")
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--out", default="stress-out", help="output directory")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--base", help="base RunConfig JSON the grid overrides")
+    p.add_argument("--server", help="run the matrix on a falcon-lite server instead (URL)")
+    p.set_defaults(func=cmd_stress)

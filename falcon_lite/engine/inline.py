@@ -1,0 +1,138 @@
+"""The inline runtime: one run's loop in the calling process, deterministic for a seed.
+
+Used by `falcon-lite run`, by the stress harness (one process per run) and by tests.
+Every simulated sample goes through the SampleStore; the trainer reads only its mirror.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from falcon_lite.config import RunConfig
+from falcon_lite.engine.loop import ingest, propose, simulate, sizes_of, train_and_diagnose
+from falcon_lite.engine.state import RunState, new_state, restore
+from falcon_lite.store import runs
+from falcon_lite.store.db import session_factory
+from falcon_lite.store.models import Sample
+from falcon_lite.store.samples import SampleStore
+
+PURGE_EVERY = 50
+
+
+class Recorder:
+    """Buffers metric rows and writes them, with the run's step, in one transaction."""
+
+    def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 200, max_seconds: float = 1.0):
+        self.sessions = session_factory(engine)
+        self.run_id = run_id
+        self.rows: list[dict] = []
+        self.max_rows, self.max_seconds = max_rows, max_seconds
+        self.last_flush = time.monotonic()
+        self.regime: float | None = None
+
+    def add(self, row: dict, step: int) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.max_rows or time.monotonic() - self.last_flush > self.max_seconds:
+            self.flush(step)
+
+    def flush(self, step: int, checkpoint: bytes | None = None) -> None:
+        rows, self.rows = self.rows, []
+        with self.sessions.begin() as session:
+            if rows:
+                runs.add_metrics(session, self.run_id, rows)
+                self._regime_events(session, rows)
+                runs.add_event(session, self.run_id, "diagnostics", rows[-1])
+            runs.set_step(session, self.run_id, step)
+            if checkpoint is not None:
+                runs.save_checkpoint(session, self.run_id, step, checkpoint)
+        self.last_flush = time.monotonic()
+
+    def _regime_events(self, session, rows: list[dict]) -> None:
+        for row in rows:
+            regime = row.get("constant_regime")
+            if regime is not None and regime != self.regime:
+                if self.regime is not None:
+                    name = "constant" if regime else "identity"
+                    runs.add_event(session, self.run_id, "regime", {"step": row["step"], "regime": name})
+                self.regime = regime
+
+
+def last_sample_step(session, run_id: int, window: int = 4096) -> int | None:
+    """The newest step among the run's most recently stored samples (bounded: no table scan)."""
+    recent = (
+        sa.select(Sample.step).where(Sample.run_id == run_id).order_by(Sample.seq.desc()).limit(window).subquery()
+    )
+    return session.execute(sa.select(sa.func.max(recent.c.step))).scalar()
+
+
+def load_state(engine: sa.Engine, run_id: int) -> RunState:
+    """The run's state from its newest checkpoint, or a fresh one.
+
+    After a crash the buffer may hold batches of steps past the checkpoint; the run goes on
+    after the newest of them, so that no step's simulations are ever stored twice.
+    """
+    with session_factory(engine).begin() as session:
+        config = RunConfig.model_validate(runs.get_run(session, run_id).config)
+        saved = runs.latest_checkpoint(session, run_id)
+        last_stored = last_sample_step(session, run_id)
+    state = restore(config, saved[1]) if saved else new_state(config)
+    if last_stored is not None:
+        state.step = max(state.step, last_stored + 1)
+    return state
+
+
+def run_inline(
+    engine: sa.Engine,
+    run_id: int,
+    *,
+    should_stop: Callable[[], bool] = lambda: False,
+    on_step: Callable[[int, dict | None], None] | None = None,
+) -> RunState:
+    """Run (or resume) `run_id` to its last step or until `should_stop()`; returns the final state.
+
+    The run ends `completed`, `stopped` (checkpointed, resumable) or `failed` (with the reason).
+    """
+    state = load_state(engine, run_id)
+    cfg = state.config
+    sessions = session_factory(engine)
+    with sessions.begin() as session:
+        runs.set_status(session, run_id, "running")
+    store = SampleStore(engine, run_id, sizes_of(state), state.simulator.dim, cfg.estimator.dtype)
+    mirror = store.mirror(f"inline-{run_id}")
+    recorder = Recorder(engine, run_id)
+    try:
+        mirror.sync()
+        status = "completed"
+        for step in range(state.step, cfg.training.steps):
+            if should_stop():
+                status = "stopped"
+                break
+            row = step_once(state, store, mirror, step)
+            if row is not None:
+                recorder.add(row, state.step)
+            if state.step % cfg.training.checkpoint_every == 0:
+                recorder.flush(state.step, state.to_bytes())
+            if step % PURGE_EVERY == 0:
+                store.purge()
+            if on_step is not None:
+                on_step(step, row)
+        recorder.flush(state.step, state.to_bytes())
+        with sessions.begin() as session:
+            runs.set_status(session, run_id, status)
+    except Exception as exc:
+        with sessions.begin() as session:
+            runs.set_status(session, run_id, "failed", reason=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        mirror.close()
+    return state
+
+
+def step_once(state: RunState, store: SampleStore, mirror, step: int) -> dict | None:
+    """propose -> simulate -> store -> train -> diagnose, for one step; returns its metrics row."""
+    proposed = propose(state, step)
+    ingest(state, store, mirror, proposed, simulate(state.simulator, proposed, state.seed))
+    return train_and_diagnose(state, store, mirror, step)

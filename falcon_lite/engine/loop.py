@@ -1,0 +1,143 @@
+"""One run's step, written once: propose -> simulate -> store -> train -> diagnose.
+
+The inline runtime calls these in a plain loop; the Ray runtime calls the same functions
+from its actors (proposal sampler, simulators, trainer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from falcon_lite.core import diagnostics
+from falcon_lite.core.policy import Origin, Sizes, prior_draws
+from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
+from falcon_lite.core.training import set_lr, train_step
+from falcon_lite.engine.state import BATCH, NOISE, PRIOR, PROPOSAL, RunState, rng
+
+
+@dataclass
+class Proposed:
+    """Parameters drawn for one step, with where each came from."""
+
+    step: int
+    theta: np.ndarray  # (n, D)
+    origin: np.ndarray  # (n,) Origin
+    log_q: np.ndarray  # (n,) log density of the distribution each row was drawn from
+    log_prior: np.ndarray  # (n,)
+
+
+def sizes_of(state: RunState) -> Sizes:
+    b = state.config.buffer
+    return Sizes(b.validation_size, b.min_training, b.max_training, b.prior_fraction)
+
+
+def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The posterior (mean, var) at x_obs that steers step `step`; None during the prior-only warm-up."""
+    if step < state.config.training.warmup_steps:
+        return None
+    return state.estimator.posterior(state.simulator.x_obs)
+
+
+def propose_from(state: RunState, step: int, posterior: tuple | None) -> Proposed:
+    """Draw step `step`'s parameters: the prior share by quota, the rest from N(mean, var * T).
+
+    A function of (seed, step, posterior) alone, so a sampler anywhere draws the same numbers.
+    """
+    n = state.config.buffer.simulations_per_step
+    if posterior is None:
+        proposal, n_prior = None, n
+    else:
+        proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
+        # Every batch carries its own prior share (the seed's mixed sampling), which keeps the
+        # run's cumulative share >= f too. Counting per batch rather than over the run matters:
+        # after an all-prior warm-up a cumulative count would draw no prior samples for
+        # thousands of steps.
+        n_prior = prior_draws(state.config.buffer.prior_fraction, 0, 0, n)
+    theta, origin, log_q, log_prior = draw_parameters(
+        state.prior, proposal, n, n_prior, rng(state.seed, PRIOR, step), rng(state.seed, PROPOSAL, step)
+    )
+    return Proposed(step, theta, origin, log_q, log_prior)
+
+
+def propose(state: RunState, step: int) -> Proposed:
+    return propose_from(state, step, posterior_for(state, step))
+
+
+def simulate(simulator, proposed: Proposed, seed: int) -> np.ndarray:
+    """Run the simulator on a step's parameters with that step's noise stream."""
+    return simulator(proposed.theta, rng(seed, NOISE, proposed.step))
+
+
+def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
+    """Append a simulated batch to the buffer (one transaction) and mirror it without a query."""
+    result = store.append(proposed.theta, x, proposed.origin, proposed.step, proposed.log_q, proposed.log_prior)
+    mirror.apply(result, proposed.theta, x, proposed.origin, proposed.log_q, proposed.log_prior)
+    state.drawn_prior += int(np.count_nonzero(proposed.origin == Origin.PRIOR))
+    state.drawn_total += len(proposed.origin)
+    return result
+
+
+def train_and_diagnose(state: RunState, store, mirror, step: int) -> dict | None:
+    """Disfavour stale proposal samples, take one optimizer step, and return the metrics row
+    when diagnostics are due."""
+    seqs = disfavoured(state, mirror, step)
+    if len(seqs):
+        store.disfavour(seqs)
+        mirror.sync()
+    stats = train(state, mirror, step)
+    state.step = step + 1
+    every = state.config.training.diagnostics_every
+    if step % every == 0 or state.step == state.config.training.steps:
+        return diagnose(state, step, stats, mirror)
+    return None
+
+
+def train(state: RunState, mirror, step: int) -> dict:
+    """One optimizer step on a batch drawn from the mirror of the trainable pool."""
+    cfg = state.config
+    set_lr(state.optimizer, state.lr(step))
+    batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), cfg.buffer.prior_fraction)
+    validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None
+    return train_step(state.estimator, state.optimizer, batch, validation)
+
+
+def disfavoured(state: RunState, mirror, step: int) -> np.ndarray:
+    """Seqs of trainable proposal samples whose log q ratio fell below the configured threshold."""
+    threshold = state.config.proposal.discard_log_ratio
+    posterior = None if threshold is None else posterior_for(state, step)
+    if posterior is None:
+        return np.empty(0, dtype=np.int64)
+    proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
+    pool = mirror.trainable()
+    mask = pool.origin == Origin.PROPOSAL
+    mask &= disfavour_mask(pool.log_q, proposal.log_prob(pool.theta), threshold)
+    return pool.seq[mask]
+
+
+def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
+    """The step's metrics row: the estimate against the truth, the loss, and the buffer's mix."""
+    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    true_mean, true_std = state.truth
+    row = {"step": step, "loss": stats["loss"], "ess": stats.get("ess", 1.0), "lr": state.lr(step)}
+    summary = diagnostics.summarize(mean, var, true_mean, true_std)
+    row.update({k: float(v) for k, v in summary.items() if isinstance(v, (int, float, np.floating))})
+    row["learned_var"] = float(np.max(var))
+    row["proposal_width"] = float(np.max(np.sqrt(var * state.config.proposal.temperature)))
+    row["constant_regime"] = float(summary["regime"] == "constant")
+    row.update(pool_mix(mirror))
+    return row
+
+
+def pool_mix(mirror) -> dict:
+    """The buffer's live composition as the trainer sees it (no query)."""
+    pool = mirror.trainable()
+    n_prior = int(np.count_nonzero(pool.origin == Origin.PRIOR))
+    n = len(pool.seq)
+    return {
+        "trainable": float(n),
+        "trainable_prior": float(n_prior),
+        "validation": float(len(mirror.validation().seq)),
+        "prior_share": n_prior / n if n else 0.0,
+    }

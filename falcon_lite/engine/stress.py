@@ -1,0 +1,137 @@
+"""The stress harness: a grid of config overrides x seeds, each run on our own buffer.
+
+Each run is the inline runtime in a worker process with its own SQLite file, so a grid
+point's seeds and every policy see the same counter-based random draws. Writes the
+stress contract of DESIGN.md: `results.json`, `report.md` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.core.diagnostics import classify_outcome
+
+SERIES = ("std_ratio", "abs_bias_over_sigma")
+
+
+def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the grid's values, in the order given."""
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def plan(grid: dict[str, list[Any]], seeds: int, steps: int, base: RunConfig | None = None) -> list[dict]:
+    """The jobs of a stress matrix, each a validated config; bad keys or values fail here, up front."""
+    base = base or RunConfig()
+    jobs = []
+    for point in expand_grid(grid):
+        for seed in range(seeds):
+            config = with_overrides(base, {**point, "training.seed": seed, "training.steps": steps})
+            jobs.append({"overrides": point, "seed": seed, "config": config.model_dump(mode="json")})
+    return jobs
+
+
+def run_job(job: dict) -> dict:
+    """Run one (overrides, seed) job in this process; returns its results row and series."""
+    import torch
+
+    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    torch.set_num_threads(1)
+    config = RunConfig.model_validate(job["config"])
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="flr-stress-") as tmp:
+        url = f"sqlite:///{tmp}/run.db"
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            with session_factory(engine).begin() as session:
+                run_id = runs.create_run(session, config).id
+            run_inline(engine, run_id)
+            with session_factory(engine).begin() as session:
+                rows = runs.metrics_since(session, run_id, names=list(SERIES), limit=None)
+        finally:
+            engine.dispose()
+    steps = np.array([r["step"] for r in rows])
+    series = {name: np.array([np.nan if r.get(name) is None else r[name] for r in rows]) for name in SERIES}
+    outcome, converged, exploded, max_after = classify_outcome(steps, series["std_ratio"], series["abs_bias_over_sigma"])
+    return {
+        "overrides": job["overrides"],
+        "seed": job["seed"],
+        "outcome": outcome,
+        "converged_step": converged,
+        "explosion_step": exploded,
+        "final_std_ratio": _finite_or_none(series["std_ratio"][-1]) if len(rows) else None,
+        "final_abs_bias_over_sigma": _finite_or_none(series["abs_bias_over_sigma"][-1]) if len(rows) else None,
+        "max_std_ratio_after_convergence": max_after,
+        "steps": int(config.training.steps),
+        "wall_seconds": round(time.perf_counter() - started, 3),
+        "_series": {"step": steps.tolist(), **{k: [_finite_or_none(v) for v in s] for k, s in series.items()}},
+    }
+
+
+def _finite_or_none(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def _init_worker() -> None:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def run_stress(
+    grid: dict[str, list[Any]],
+    seeds: int,
+    steps: int,
+    out_dir: Path,
+    workers: int = 1,
+    base: RunConfig | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Run the matrix and write results.json, report.md and plots into `out_dir`."""
+    from falcon_lite.engine.report import write_report
+
+    jobs = plan(grid, seeds, steps, base)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    if workers <= 1:
+        for job in jobs:
+            results.append(run_job(job))
+            if progress:
+                progress(len(results), len(jobs))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+            futures = [pool.submit(run_job, job) for job in jobs]
+            for future in as_completed(futures):
+                results.append(future.result())
+                if progress:
+                    progress(len(results), len(jobs))
+    order = {(json.dumps(j["overrides"], sort_keys=True), j["seed"]): i for i, j in enumerate(jobs)}
+    results.sort(key=lambda r: order[(json.dumps(r["overrides"], sort_keys=True), r["seed"])])
+    series = [r.pop("_series") for r in results]
+    document = {
+        "runs": results,
+        "grid": grid,
+        "seeds": seeds,
+        "steps": steps,
+        "base": (base or RunConfig()).model_dump(mode="json"),
+    }
+    (out_dir / "results.json").write_text(json.dumps(document, indent=2))
+    (out_dir / "series.json").write_text(json.dumps(series))
+    write_report(out_dir, results, series, grid)
+    return document

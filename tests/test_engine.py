@@ -1,0 +1,195 @@
+"""The engine on a real SQLite file (and PostgreSQL): config, determinism, resume, stress output."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.engine.inline import run_inline
+from falcon_lite.engine.stress import run_stress
+from falcon_lite.store import runs
+from falcon_lite.store.db import make_engine, session_factory
+from falcon_lite.store.samples import SampleStore
+from falcon_lite.engine.loop import sizes_of
+from falcon_lite.engine.state import new_state
+
+SMALL = {
+    "estimator.hidden": [16, 16],
+    "training.steps": 60,
+    "training.warmup_steps": 20,
+    "training.checkpoint_every": 25,
+    "buffer.simulations_per_step": 32,
+    "buffer.min_training": 32,
+    "buffer.max_training": 32,
+    "training.batch_size": 32,
+}
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    from falcon_lite.store.db import migrate
+
+    url = f"sqlite:///{tmp_path / 'engine.db'}"
+    migrate(url)
+    return url
+
+
+def small(**overrides) -> RunConfig:
+    return with_overrides(RunConfig(), {**SMALL, **overrides})
+
+
+# -- config ------------------------------------------------------------------------------
+def test_bare_config_is_the_seed_scenario():
+    c = RunConfig()
+    assert c.simulator.name == "gaussian" and c.simulator.sigma_obs == 1e-6 and c.simulator.x_obs == [0.3]
+    assert (c.prior.loc, c.prior.scale) == (0.0, 1.0)
+    assert c.estimator.hidden == [64, 64] and c.estimator.dtype == "float64" and c.estimator.ema_momentum == 0.01
+    assert (c.training.lr, c.training.warmup_steps, c.training.lr_after_warmup) == (1e-2, 1000, 1e-3)
+    assert (c.proposal.temperature, c.training.batch_size, c.training.steps) == (2.0, 128, 10_000)
+    # one fresh batch of simulations per step, trained once
+    assert c.buffer.simulations_per_step == c.buffer.max_training == c.buffer.min_training == c.training.batch_size
+    assert c.buffer.validation_size == 0
+
+
+def test_rolling_buffer_is_expressible():
+    c = with_overrides(RunConfig(), {"buffer.min_training": 1024, "buffer.max_training": 1024,
+                                     "buffer.validation_size": 256, "buffer.simulations_per_step": 128})
+    assert c.buffer.max_training == 1024
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"buffer": {"prior_fraction": 1.5}}, "prior_fraction"),
+        ({"buffer": {"min_training": 10, "max_training": 5}}, "min_training"),
+        ({"training": {"steps": 0}}, "steps"),
+        ({"simulator": {"name": "os.system"}}, "name"),
+        ({"estimator": {"color": "red"}}, "color"),
+        ({"simulator": {"sigma_obs": -1}}, "sigma_obs"),
+        ({"prior": {"name": "uniform", "low": 1, "high": 0}}, "low < high"),
+    ],
+)
+def test_bad_config_names_the_field(data, field):
+    with pytest.raises(ValidationError) as info:
+        RunConfig.model_validate(data)
+    assert field in str(info.value)
+
+
+def test_unknown_override_key_is_named():
+    with pytest.raises(KeyError, match="buffer.nope"):
+        with_overrides(RunConfig(), {"buffer.nope": 1})
+
+
+# -- the inline runtime ------------------------------------------------------------------
+def _run(url: str, config: RunConfig, **kwargs) -> tuple[int, list[dict]]:
+    engine = make_engine(url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, config).id
+    run_inline(engine, run_id, **kwargs)
+    with session_factory(engine).begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    engine.dispose()
+    return run_id, rows
+
+
+def test_inline_runtime_is_deterministic(sqlite_url):
+    _, a = _run(sqlite_url, small())
+    _, b = _run(sqlite_url, small())
+    _, c = _run(sqlite_url, small(**{"training.seed": 7}))
+    assert len(a) == 60 and [r["step"] for r in a] == list(range(60))
+    assert a == b
+    assert [r["loss"] for r in a] != [r["loss"] for r in c]
+
+
+def test_every_simulated_sample_is_stored_and_accounted(db_url):
+    config = small(**{"buffer.prior_fraction": 0.25})
+    engine = make_engine(db_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, config).id
+    state = run_inline(engine, run_id)
+    comp = SampleStore(engine, run_id, sizes_of(state), 1).composition()
+    assert comp.total == 60 * 32  # nothing lost: every simulation is a row, live or purged
+    with session_factory(engine).begin() as s:
+        run = runs.get_run(s, run_id)
+        assert (run.status, run.step) == ("completed", 60)
+        rows = runs.metrics_since(s, run_id, limit=None)
+    # after warm-up every batch carries ceil(0.25 * 32) = 8 fresh prior samples
+    assert all(r["trainable_prior"] >= 8 for r in rows)
+    assert all(np.isfinite(r["std_ratio"]) for r in rows)
+    engine.dispose()
+
+
+def test_stop_and_resume_continue_exactly(sqlite_url):
+    """A run stopped at step 37 and resumed gives the same numbers as one never stopped."""
+    _, straight = _run(sqlite_url, small())
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, small()).id
+    seen = []
+    run_inline(engine, run_id, should_stop=lambda: len(seen) >= 37, on_step=lambda step, row: seen.append(step))
+    with session_factory(engine).begin() as s:
+        run = runs.get_run(s, run_id)
+        assert (run.status, run.step) == ("stopped", 37)
+    run_inline(engine, run_id)
+    with session_factory(engine).begin() as s:
+        assert runs.get_run(s, run_id).status == "completed"
+        resumed = runs.metrics_since(s, run_id, limit=None)
+    engine.dispose()
+    assert [r["step"] for r in resumed] == list(range(60))
+    assert resumed == straight
+
+
+def test_checkpoint_round_trip_restores_the_estimate():
+    from falcon_lite.engine.state import restore
+
+    config = small()
+    state = new_state(config)
+    state.step = 12
+    again = restore(config, state.to_bytes())
+    assert again.step == 12
+    m1, v1 = state.estimator.posterior(state.simulator.x_obs)
+    m2, v2 = again.estimator.posterior(again.simulator.x_obs)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(v1, v2)
+
+
+# -- stress ------------------------------------------------------------------------------
+RESULT_KEYS = {"overrides", "seed", "outcome", "converged_step", "explosion_step", "final_std_ratio",
+               "final_abs_bias_over_sigma", "max_std_ratio_after_convergence", "steps", "wall_seconds"}
+
+
+def test_stress_writes_the_contract(tmp_path):
+    base = small(**{"training.steps": 40})
+    doc = run_stress({"buffer.prior_fraction": [0.0, 0.5]}, seeds=2, steps=40, out_dir=tmp_path, workers=2, base=base)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["runs"] == doc["runs"] and len(saved["runs"]) == 4
+    for row in saved["runs"]:
+        assert RESULT_KEYS <= set(row)
+        assert row["outcome"] in {"calibrated", "exploded", "miscalibrated", "diverged"}
+        assert row["steps"] == 40
+    assert [(r["overrides"]["buffer.prior_fraction"], r["seed"]) for r in saved["runs"]] == [
+        (0.0, 0), (0.0, 1), (0.5, 0), (0.5, 1)]
+    report = (tmp_path / "report.md").read_text()
+    assert "buffer.prior_fraction=0.0" in report and "buffer.prior_fraction=0.5" in report
+    for png in ("std_ratio.png", "bias_over_sigma.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_policies_share_draws_during_warm_up(tmp_path):
+    """Same seed, different prior fraction: warm-up is all prior, so the numbers agree exactly."""
+    base = small(**{"training.steps": 15})
+    run_stress({"buffer.prior_fraction": [0.0, 0.5]}, seeds=1, steps=15, out_dir=tmp_path, base=base)
+    series = json.loads((tmp_path / "series.json").read_text())
+    assert series[0]["std_ratio"] == series[1]["std_ratio"]
+
+
+def test_stress_rejects_a_bad_grid_up_front(tmp_path):
+    with pytest.raises(KeyError, match="buffer.bogus"):
+        run_stress({"buffer.bogus": [1]}, seeds=1, steps=5, out_dir=tmp_path)
+    with pytest.raises(ValidationError, match="prior_fraction"):
+        run_stress({"buffer.prior_fraction": [2.0]}, seeds=1, steps=5, out_dir=tmp_path)
+    assert not (tmp_path / "results.json").exists()
