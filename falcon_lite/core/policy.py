@@ -115,9 +115,25 @@ def rotate(live: Sequence[Live], sizes: Sizes) -> dict[int, Status]:
     disfavoured = [i for i in pool if live[i].status is Status.DISFAVOURED]
     n_drop_disfavoured = min(len(disfavoured), max(0, len(pool) - sizes.min_training))
     n_after = min(len(pool) - n_drop_disfavoured, sizes.max_training)
+    # The quota is judged on the pool's final size. A protected prior sample that is not
+    # evicted leaves the pool bigger than planned, which may need more prior samples
+    # kept: re-plan with the bigger size until it holds (n_after only grows).
+    while True:
+        evicted = _evict(live, pool, disfavoured, n_drop_disfavoured, n_after, n_prior, sizes)
+        if len(pool) - len(evicted) <= n_after:
+            break
+        n_after = len(pool) - len(evicted)
+    moves.update((i, Status.TOMBSTONE) for i in evicted)
+    return moves
+
+
+def _evict(
+    live: Sequence[Live], pool: list[int], disfavoured: list[int], n_drop_disfavoured: int,
+    n_after: int, n_prior: int, sizes: Sizes,
+) -> set[int]:
+    """Rules 2-4 for a planned final pool size `n_after`: the set of evicted indices."""
     keep_prior = min(n_prior, required_prior(sizes.prior_fraction, n_after))
     prior_spare = n_prior - keep_prior
-
     evicted: set[int] = set()
 
     def evict_oldest(candidates: list[int], count: int) -> None:
@@ -136,8 +152,7 @@ def rotate(live: Sequence[Live], sizes: Sizes) -> dict[int, Status]:
 
     evict_oldest(disfavoured, n_drop_disfavoured)
     evict_oldest(pool, len(pool) - len(evicted) - sizes.max_training)
-    moves.update((i, Status.TOMBSTONE) for i in evicted)
-    return moves
+    return evicted
 
 
 def prior_draws(f: float, drawn_prior: int, drawn_total: int, n: int) -> int:
