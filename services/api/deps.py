@@ -1,4 +1,4 @@
-"""Dependencies of the routes, as typed aliases (``SessionDep``, ``ControlDep``, ``AuthDep``).
+"""Dependencies of the routes, as typed aliases (``CtxDep``, ``SessionDep``, ``AuthDep``).
 
 The app's long-lived objects live in ``AppContext`` on ``app.state.ctx``: settings, the
 database engine and session factory, the run control (created on first use, since it
@@ -50,15 +50,9 @@ class AppContext:
                     raise UnavailableError(f"cannot reach Ray at {where}: {exc}") from exc
             return self._control
 
-    def has_control(self) -> bool:
-        """Whether the run control is connected (or could be imported and connected)."""
-        if self._control is not None:
-            return True
-        try:
-            import falcon_lite.runtime.control  # noqa: F401
-        except ImportError:
-            return False
-        return True
+    def connected(self) -> bool:
+        """Whether the run control has been connected (by an earlier call)."""
+        return self._control is not None
 
     def close(self) -> None:
         with self._lock:
@@ -94,12 +88,6 @@ def get_session(ctx: CtxDep) -> Iterator[Session]:
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
-
-def get_control(ctx: CtxDep):
-    return ctx.control()
-
-
-ControlDep = Annotated[Any, Depends(get_control)]
 
 _bearer = HTTPBearer(auto_error=False, description="FALCON_LITE_API_TOKEN, when the server sets one")
 

@@ -91,15 +91,25 @@ def control_action(ctx: AppContext, run_id: int, action: str) -> Accepted:
 
 
 def delete_run(ctx: AppContext, run_id: int) -> None:
-    """Delete a run that is not running (409 otherwise), with its samples."""
+    """Delete a run that is not running (409 otherwise), with its samples.
+
+    Through the run control when this process is connected to Ray; otherwise the run has
+    no supervisor this process could know of, and the store deletes it directly.
+    """
     status = _status(ctx, run_id)
     if status in ("running", "stopping"):
         raise ConflictError(f"run {run_id} is {status}: stop it before deleting it")
-    if ctx.has_control():
-        ctx.control().delete(run_id)
+    if ctx.connected():
+        ctx.control().delete(run_id)  # also ends a supervisor this process may have left
         return
     with ctx.sessions.begin() as session:
         store_runs.delete_run(session, run_id)
+
+
+def posterior(ctx: AppContext, run_id: int, n: int):
+    """n draws from the run's current estimate, shape (n, dim); 404 before touching Ray."""
+    _status(ctx, run_id)
+    return ctx.control().posterior_samples(run_id, n)
 
 
 def sizes_of(config: RunConfig) -> Sizes:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from falcon_lite.store import runs as store_runs
 from services.api import queries
-from services.api.deps import AuthDep, ControlDep, CtxDep, SessionDep
+from services.api.deps import AuthDep, CtxDep, SessionDep
 from services.api.schemas import (
     Accepted,
     BufferPublic,
@@ -97,10 +97,8 @@ def get_events(run_id: RunId, request: Request, ctx: CtxDep, session: SessionDep
 @router.get("/{run_id}/posterior", summary="Samples from the run's current posterior estimate")
 def get_posterior(
     run_id: RunId,
-    session: SessionDep,
-    control: ControlDep,
+    ctx: CtxDep,
     n: Annotated[int, Query(ge=1, le=100_000)] = 1000,
 ) -> PosteriorPublic:
-    store_runs.get_run(session, run_id)
-    samples = control.posterior_samples(run_id, n)
+    samples = queries.posterior(ctx, run_id, n)
     return PosteriorPublic(run_id=run_id, n=samples.shape[0], dim=samples.shape[1], samples=samples.tolist())
