@@ -1,0 +1,450 @@
+"""The store on real SQLite and PostgreSQL: schema, runs/metrics/events/checkpoints,
+and the sample buffer's basics (append, rotate, disfavour, purge, composition, mirror)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+
+from falcon_lite.config import RunConfig
+from falcon_lite.core.policy import Origin, Sizes, Status
+from falcon_lite.store import runs
+from falcon_lite.store.db import MIGRATIONS_DIR, SCHEMA_REVISION, check_schema, make_engine, migrate, session_factory
+from falcon_lite.store.errors import ConflictError, InvalidSampleError, NotFoundError, SchemaError
+from falcon_lite.store.models import Base, Sample
+from falcon_lite.store.samples import SampleStore
+
+PRIOR, PROPOSAL = int(Origin.PRIOR), int(Origin.PROPOSAL)
+
+
+def new_run(engine, **buffer) -> int:
+    with session_factory(engine).begin() as session:
+        return runs.create_run(session, RunConfig(name="t", buffer=buffer or {})).id
+
+
+def batch(rng, n, dim=1, prior_share=0.5, dtype=np.float64):
+    theta = rng.normal(size=(n, dim)).astype(dtype)
+    origin = np.where(rng.random(n) < prior_share, PRIOR, PROPOSAL).astype(np.int64)
+    return theta, theta + 0.5, origin, rng.normal(size=n), rng.normal(size=n)
+
+
+def db_rows(engine, run_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            select(Sample.seq, Sample.status, Sample.origin, Sample.version, Sample.theta)
+            .where(Sample.run_id == run_id).order_by(Sample.seq)
+        ).all()
+
+
+def run_state(engine, run_id):
+    with session_factory(engine)() as session:
+        run = runs.get_run(session, run_id)
+        return (run.next_seq, run.version, run.appended, run.rejected, run.purged)
+
+
+# -- schema -------------------------------------------------------------------------------
+
+
+def test_store_refuses_a_database_without_schema(raw_db_url):
+    engine = make_engine(raw_db_url)
+    try:
+        with pytest.raises(SchemaError, match="falcon-lite migrate") as info:
+            check_schema(engine)
+        assert "no falcon-lite schema" in str(info.value)
+        with pytest.raises(SchemaError, match="falcon-lite migrate"):
+            SampleStore(engine, 1, Sizes(), 1)
+        assert migrate(raw_db_url) == SCHEMA_REVISION
+        check_schema(engine)
+    finally:
+        engine.dispose()
+
+
+def test_store_refuses_an_unknown_revision(engine):
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    with pytest.raises(SchemaError, match=r"revision f00d, this falcon-lite needs 0001: run `falcon-lite migrate`"):
+        check_schema(engine)
+
+
+def test_migrate_works_from_any_directory_and_is_idempotent(db_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert migrate(db_url) == SCHEMA_REVISION
+
+
+def test_schema_revision_is_the_scripts_head():
+    from alembic.script import ScriptDirectory
+
+    from falcon_lite.store.db import alembic_config
+
+    script = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    assert script.get_heads() == [SCHEMA_REVISION]
+    assert MIGRATIONS_DIR.is_dir()
+
+
+def test_models_and_migrations_do_not_drift(engine):
+    """The equivalent of `alembic check`: autogenerate finds nothing to change."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_sqlite_engine_settings(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'a' / 'b' / 'x.db'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+        assert (tmp_path / "a" / "b").is_dir()
+    finally:
+        engine.dispose()
+
+
+def test_make_engine_rejects_other_databases():
+    with pytest.raises(ValueError, match="unsupported database URL"):
+        make_engine("mysql://u@h/db")
+    with pytest.raises(ValueError, match="psycopg 3"):
+        make_engine("postgresql+psycopg2://u@h/db")
+
+
+# -- runs, metrics, events, checkpoints ---------------------------------------------------
+
+
+def test_run_lifecycle_and_listing(engine):
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        ids = [runs.create_run(s, RunConfig(name=f"r{i}")).id for i in range(3)]
+    with factory.begin() as s:
+        page, total = runs.list_runs(s, offset=1, limit=1)
+        assert total == 3 and [r.id for r in page] == [ids[1]]
+        run = runs.get_run(s, ids[0])
+        assert run.status == "pending" and run.config["name"] == "r0" and run.created.tzinfo is not None
+        runs.set_status(s, ids[0], "running")
+        runs.set_status(s, ids[0], "running")  # same status: no-op
+        runs.set_status(s, ids[0], "stopping")
+        runs.set_status(s, ids[0], "stopped", reason="user")
+        runs.set_status(s, ids[0], "running")  # resume
+        runs.set_status(s, ids[0], "completed")
+        with pytest.raises(ConflictError, match="completed: it cannot become running"):
+            runs.set_status(s, ids[0], "running")
+        with pytest.raises(ConflictError, match="pending: it cannot become stopped"):
+            runs.set_status(s, ids[1], "stopped")
+        with pytest.raises(ValueError, match="unknown run status 'paused'"):
+            runs.set_status(s, ids[1], "paused")
+        runs.set_step(s, ids[0], 17)
+    with factory.begin() as s:
+        run = runs.get_run(s, ids[0])
+        assert (run.status, run.step, run.reason) == ("completed", 17, None)
+        kinds = [(e.kind, e.data["status"]) for e in runs.events_since(s, ids[0])]
+        assert kinds == [("status", st) for st in ("running", "stopping", "stopped", "running", "completed")]
+        last = runs.events_since(s, ids[0])[-2].id
+        assert [e.data["status"] for e in runs.events_since(s, ids[0], after_id=last)] == ["completed"]
+    with factory.begin() as s, pytest.raises(NotFoundError, match="run 424242 not found"):
+        runs.get_run(s, 424242)
+
+
+def test_delete_run_needs_a_stopped_run_and_removes_everything(engine):
+    run_id = new_run(engine, validation_size=2, min_training=4, max_training=4)
+    store = SampleStore(engine, run_id, Sizes(2, 4, 4, 0.0), 1)
+    store.append(*batch(np.random.default_rng(0), 8)[:3], 0, *batch(np.random.default_rng(0), 8)[3:])
+    mirror = store.mirror("trainer")
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        runs.add_metrics(s, run_id, [{"step": 1, "loss": 1.0}])
+        runs.save_checkpoint(s, run_id, 1, b"abc")
+        runs.set_status(s, run_id, "running")
+    with factory.begin() as s, pytest.raises(ConflictError, match="stop it before deleting"):
+        runs.delete_run(s, run_id)
+    with factory.begin() as s:
+        runs.set_status(s, run_id, "stopped")
+        runs.delete_run(s, run_id)
+    with factory.begin() as s:
+        with pytest.raises(NotFoundError):
+            runs.get_run(s, run_id)
+        for table in ("samples", "status_counts", "readers", "metrics", "events", "checkpoints"):
+            assert s.execute(text(f"SELECT count(*) FROM {table} WHERE run_id = :r"), {"r": run_id}).scalar() == 0
+    with pytest.raises(NotFoundError):
+        mirror.sync()
+
+
+def test_metrics_roundtrip_non_finite_and_replace(engine):
+    run_id = new_run(engine)
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        n = runs.add_metrics(s, run_id, [
+            {"step": 1, "loss": 0.5, "std_ratio": 1.0, "bias_over_sigma": 0.1},
+            {"step": 2, "loss": float("nan"), "std_ratio": float("inf"), "bias_over_sigma": -2},
+            {"step": 3, "loss": 0.25, "std_ratio": 0.9, "bias_over_sigma": 0.0},
+        ])
+        assert n == 3
+        runs.add_metrics(s, run_id, [{"step": 3, "loss": 0.125}])  # a step recorded again replaces
+        with pytest.raises(ValueError, match="metric 'loss' at step 4 must be a number"):
+            runs.add_metrics(s, run_id, [{"step": 4, "loss": "high"}])
+        with pytest.raises(ValueError, match="without a 'step'"):
+            runs.add_metrics(s, run_id, [{"loss": 1.0}])
+        with pytest.raises(NotFoundError):
+            runs.add_metrics(s, 999_999, [{"step": 1, "loss": 1.0}])
+    with factory.begin() as s:
+        rows = runs.metrics_since(s, run_id)
+        assert rows == [
+            {"step": 1, "loss": 0.5, "std_ratio": 1.0, "bias_over_sigma": 0.1},
+            {"step": 2, "loss": None, "std_ratio": None, "bias_over_sigma": -2.0},
+            {"step": 3, "loss": 0.125},
+        ]
+        assert runs.metrics_since(s, run_id, since_step=1, names=["loss"]) == [
+            {"step": 2, "loss": None}, {"step": 3, "loss": 0.125}
+        ]
+        assert runs.metrics_since(s, run_id, limit=1) == rows[:1]
+
+
+def test_checkpoints_keep_the_newest(engine):
+    run_id = new_run(engine)
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        assert runs.latest_checkpoint(s, run_id) is None
+        for step in (10, 20, 30, 40, 50):
+            runs.save_checkpoint(s, run_id, step, bytes([step]) * 100)
+        runs.save_checkpoint(s, run_id, 50, b"again")
+    with factory.begin() as s:
+        assert runs.latest_checkpoint(s, run_id) == (50, b"again")
+        kept = s.execute(text("SELECT step FROM checkpoints WHERE run_id = :r ORDER BY step"), {"r": run_id})
+        assert [r[0] for r in kept] == [30, 40, 50]
+        with pytest.raises(TypeError, match="must be bytes"):
+            runs.save_checkpoint(s, run_id, 60, "text")
+
+
+# -- the sample buffer --------------------------------------------------------------------
+
+
+def test_append_rotates_and_counts(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(validation_size=4, min_training=6, max_training=8), 2)
+    rng = np.random.default_rng(1)
+    results = [store.append(*batch(rng, 5, dim=2)[:3], step, *batch(rng, 5, dim=2)[3:]) for step in range(4)]
+    assert [r.first_seq for r in results] == [0, 5, 10, 15]
+    assert [r.version for r in results] == [1, 2, 3, 4]
+    assert all(r.accepted == 5 and r.rejected == 0 for r in results)
+    comp = store.composition()
+    n = {k: sum(v.values()) for k, v in comp.counts.items()}
+    assert n == {"VALIDATION": 4, "TRAINING": 8, "DISFAVOURED": 0, "TOMBSTONE": 8}
+    assert comp.total == 20 and comp.purged == 0 and comp.rejected == 0
+    rows = db_rows(engine, run_id)
+    assert [r.status for r in rows] == [3] * 8 + [1] * 8 + [0] * 4  # oldest evicted, newest validate
+    body = comp.to_dict(0.0)
+    assert set(body) == {"counts", "purged", "total", "prior_share_trainable", "prior_fraction"}
+    assert set(body["counts"]) == {"VALIDATION", "TRAINING", "DISFAVOURED", "TOMBSTONE"}
+    assert all(set(v) == {"prior", "proposal"} for v in body["counts"].values())
+    prior_pool = body["counts"]["TRAINING"]["prior"]
+    assert body["prior_share_trainable"] == pytest.approx(prior_pool / 8)
+    theta = np.frombuffer(rows[-1].theta, np.float64)
+    assert theta.shape == (2,)
+
+
+def test_rotate_after_sizes_change_and_disfavour(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 10, 10, 0.0), 1)
+    rng = np.random.default_rng(2)
+    theta, x, origin, lq, lp = batch(rng, 10, prior_share=0.0)
+    store.append(theta, x, origin, 0, lq, lp)
+    assert store.disfavour([0, 1, 2, 999]) == 3  # 999 does not exist: ignored
+    assert store.disfavour([0]) == 0  # already DISFAVOURED: ignored
+    assert [r.status for r in db_rows(engine, run_id)] == [2, 2, 2] + [1] * 7
+    store.sizes = Sizes(0, 8, 10, 0.0)
+    assert store.rotate() == 2  # DISFAVOURED beyond min_training go, oldest first
+    assert [r.status for r in db_rows(engine, run_id)] == [3, 3, 2] + [1] * 7
+    store.sizes = Sizes(0, 7, 10, 0.0)
+    assert store.rotate() == 1
+    assert [r.status for r in db_rows(engine, run_id)] == [3, 3, 3] + [1] * 7
+    comp = store.composition()
+    assert comp.counts["DISFAVOURED"] == {"prior": 0, "proposal": 0}
+    assert comp.counts["TOMBSTONE"]["proposal"] == 3 and comp.total == 10
+
+
+def test_quota_keeps_prior_samples_on_eviction(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 10, 10, 0.3), 1)
+    rng = np.random.default_rng(3)
+    theta, x, _, lq, lp = batch(rng, 10)
+    store.append(theta, x, np.array([PRIOR] * 3 + [PROPOSAL] * 7), 0, lq, lp)
+    for step in range(1, 5):
+        theta, x, _, lq, lp = batch(rng, 10)
+        store.append(theta, x, np.full(10, PROPOSAL), step, lq, lp)
+    comp = store.composition()
+    assert comp.counts["TRAINING"] == {"prior": 3, "proposal": 7}
+    assert comp.prior_share_trainable == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda a: a.update(theta=a["theta"][:, None, :]), r"theta must have shape \(n, 1\), got \(4, 1, 1\)"),
+        (lambda a: a.update(theta=np.zeros((4, 2))), r"theta must have shape \(n, 1\), got \(4, 2\)"),
+        (lambda a: a.update(x=a["x"].astype(np.float32)), "x must have dtype float64, got float32"),
+        (lambda a: a.update(x=a["x"][:3]), "x must have 4 rows like theta, got 3"),
+        (lambda a: a.update(origin=a["origin"][:2]), r"origin must have shape \(4,\), got \(2,\)"),
+        (lambda a: a.update(origin=np.array([0, 1, 2, 0])), "origin values must be"),
+        (lambda a: a.update(origin=np.zeros(4)), "origin must be an integer"),
+        (lambda a: a.update(log_q=np.zeros(5)), r"log_q must have shape \(4,\), got \(5,\)"),
+        (lambda a: a.update(log_prior=np.array(["a"] * 4)), "log_prior must be a float array"),
+        (lambda a: a.update(theta=[[0.0]] * 4), "theta must be a numpy array"),
+        (lambda a: a.update(step=-1), "step must be a non-negative integer"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(engine, change, message):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(2, 2, 3, 0.5), 1)
+    rng = np.random.default_rng(4)
+    good = dict(zip(("theta", "x", "origin", "log_q", "log_prior"), batch(rng, 4)))
+    store.append(good["theta"], good["x"], good["origin"], 0, good["log_q"], good["log_prior"])
+    before = (db_rows(engine, run_id), run_state(engine, run_id), store.composition())
+    args = dict(good, step=1)
+    change(args)
+    with pytest.raises(InvalidSampleError, match=message):
+        store.append(args["theta"], args["x"], args["origin"], args["step"], args["log_q"], args["log_prior"])
+    assert (db_rows(engine, run_id), run_state(engine, run_id), store.composition()) == before
+
+
+def test_non_finite_rows_are_rejected_and_counted(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(10, 0, 10, 0.0), 1)
+    theta = np.array([[0.0], [np.nan], [1.0], [np.inf], [2.0], [3.0]])
+    x = theta.copy()
+    x[5, 0] = -np.inf
+    log_q = np.array([0.0, 0.0, np.nan, 0.0, -np.inf, 0.0])  # NaN rejected; -inf is a valid log density
+    result = store.append(theta, x, np.ones(6, bool), 0, log_q, np.zeros(6))
+    assert (result.accepted, result.rejected, result.first_seq) == (2, 4, 0)
+    rows = db_rows(engine, run_id)
+    assert [np.frombuffer(r.theta)[0] for r in rows] == [0.0, 2.0]
+    assert [r.origin for r in rows] == [PRIOR, PRIOR]  # bool origin: True = prior
+    comp = store.composition()
+    assert comp.rejected == 4 and comp.total == 2
+    assert run_state(engine, run_id)[:4] == (2, 1, 2, 4)
+
+
+def test_unknown_run_and_bad_sizes(engine):
+    with pytest.raises(NotFoundError, match="run 98765 not found"):
+        SampleStore(engine, 98765, Sizes(), 1)
+    with pytest.raises(ValueError, match="validation_size"):
+        Sizes(validation_size=-1)
+    with pytest.raises(ValueError, match="prior_fraction"):
+        Sizes(prior_fraction=1.2)
+    run_id = new_run(engine)
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        SampleStore(engine, run_id, Sizes(), 0)
+    with pytest.raises(TypeError, match="sizes must be"):
+        SampleStore(engine, run_id, {"max_training": 4}, 1)
+    store = SampleStore(engine, run_id, Sizes(), 1)
+    with session_factory(engine).begin() as s:
+        runs.delete_run(s, run_id)
+    with pytest.raises(NotFoundError):
+        store.append(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, int), 0, np.zeros(1), np.zeros(1))
+
+
+def test_purge_respects_readers(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
+    rng = np.random.default_rng(5)
+
+    def append(step):
+        return store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+
+    append(0)
+    slow = store.mirror("slow")  # at version 1
+    append(1)  # rows 0, 1 -> TOMBSTONE at version 2
+    fast = store.mirror("fast")
+    assert store.purge() == 0  # "slow" has not seen version 2
+    slow.sync()
+    assert store.purge() == 2
+    append(2)
+    slow.heartbeat()
+    assert store.purge() == 0  # fast is at version 2, the new tombstones are version 3
+    fast.close()
+    slow.sync()
+    assert store.purge() == 2
+    comp = store.composition()
+    assert comp.purged == 4 and comp.total == 6
+    assert sum(comp.counts["TOMBSTONE"].values()) == 0
+    # a reader silent for too long is dropped; it reloads in full at its next sync
+    append(3)
+    assert store.purge(reader_timeout_s=0) == 2
+    slow.sync()
+    assert list(slow.seq) == [6, 7] and list(slow.status) == [1, 1]
+
+
+def test_mirror_follows_appends_and_draws_with_the_quota(engine):
+    run_id = new_run(engine)
+    sizes = Sizes(validation_size=8, min_training=32, max_training=40, prior_fraction=0.25)
+    store = SampleStore(engine, run_id, sizes, 2, dtype="float32")
+    rng = np.random.default_rng(6)
+    applied = store.mirror("applied")
+    synced = store.mirror("synced")
+    for step in range(12):
+        arrays = batch(rng, 10, dim=2, prior_share=0.1 if step else 0.5, dtype=np.float32)
+        arrays[0][0, 0] = np.nan if step == 3 else arrays[0][0, 0]
+        result = store.append(arrays[0], arrays[1], arrays[2], step, arrays[3], arrays[4])
+        applied.apply(result, *arrays)
+        if step % 3 == 0:
+            store.disfavour(applied.seq[applied.status == 1][:2])
+        synced.sync()
+    applied.sync()
+    fresh = store.mirror("fresh")
+    rows = [r for r in db_rows(engine, run_id) if r.status < 3]
+    for m in (applied, synced, fresh):
+        assert list(m.seq) == [r.seq for r in rows]
+        assert list(m.status) == [r.status for r in rows]
+        assert m.theta.dtype == np.float32 and m.theta.flags.c_contiguous
+        assert np.array_equal(m.theta, np.stack([np.frombuffer(r.theta, np.float32) for r in rows]))
+    assert applied.version == synced.version == fresh.version == run_state(engine, run_id)[1]
+    assert applied.trainable_size == 40
+    val = applied.validation()
+    assert len(val) == 8 and list(val.seq) == sorted(val.seq)
+    n_prior = int((applied.origin[applied.status >= 1] == PRIOR).sum())
+    for _ in range(50):
+        b = applied.draw(16, rng, 0.25)
+        assert len(b) == 16 and len(set(b.seq.tolist())) == 16
+        assert (b.origin == PRIOR).sum() >= min(4, n_prior)
+        assert set(b.seq.tolist()) <= set(applied.seq[applied.status >= 1].tolist())
+        assert np.array_equal(b.theta, applied.theta[np.searchsorted(applied.seq, b.seq)])
+    whole = applied.draw(100, rng, 0.25)
+    assert sorted(whole.seq.tolist()) == sorted(applied.seq[applied.status >= 1].tolist())
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        applied.draw(0, rng, 0.25)
+    fresh.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        fresh.sync()
+
+
+def test_concurrent_writers_serialize(engine):
+    run_id = new_run(engine)
+    sizes = Sizes(4, 8, 16, 0.2)
+    errors = []
+
+    def worker(seed):
+        try:
+            store = SampleStore(engine, run_id, sizes, 1)
+            rng = np.random.default_rng(seed)
+            for step in range(15):
+                store.append(*batch(rng, 7)[:3], step, *batch(rng, 7)[3:])
+                if step % 5 == 4:
+                    store.purge()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    comp = SampleStore(engine, run_id, sizes, 1).composition()
+    assert comp.total == 3 * 15 * 7
+    rows = db_rows(engine, run_id)
+    assert [r.seq for r in rows] == sorted({r.seq for r in rows})
+    assert sum(r.status == 0 for r in rows) == 4 and sum(r.status in (1, 2) for r in rows) == 16
+    assert run_state(engine, run_id)[1] == 45
