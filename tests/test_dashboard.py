@@ -1,0 +1,128 @@
+"""The dashboard in headless Chromium against a live server on the session's Ray.
+
+The page loads; a run started from its form appears in the runs list; its charts draw
+data from the SSE stream (series lengths, and the line's colour in the canvas pixels);
+its stop button stops it. Skips when chromium/chromedriver are missing, unless
+FALCON_LITE_REQUIRE_BROWSER=1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from falcon_lite.client import Client
+from tests.plugins.server import TOKEN, ray_server  # noqa: F401 (fixture)
+
+pytestmark = [pytest.mark.browser, pytest.mark.ray]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+WAIT_S = 180
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("FALCON_LITE_REQUIRE_BROWSER", "") not in ("", "0"):
+            pytest.fail(f"{message} (FALCON_LITE_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="flr-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--no-first-run", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait(driver, predicate, what: str, timeout: float = WAIT_S):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.3).until(
+        lambda d: predicate(d), message=f"timed out waiting for {what}"
+    )
+
+
+# Count the pixels of one chart's canvas that have the series' stroke colour.
+COLOUR_PIXELS = """
+const [selector, r, g, b] = arguments;
+const canvas = document.querySelector(selector + ' canvas');
+if (!canvas) return -1;
+const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+let n = 0;
+for (let i = 0; i < data.length; i += 4) {
+  if (Math.abs(data[i] - r) < 30 && Math.abs(data[i + 1] - g) < 30 && Math.abs(data[i + 2] - b) < 30 && data[i + 3] > 0) n++;
+}
+return n;
+"""
+
+
+def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
+    from selenium.webdriver.common.by import By
+
+    browser.get(ray_server.url + "/")
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", "the page")
+    wait(browser, lambda d: d.find_element(By.ID, "health").get_attribute("data-state") == "ok", "health")
+    assert browser.execute_script("return typeof uPlot") == "function"  # served locally, no CDN
+
+    token = browser.find_element(By.ID, "token")
+    token.send_keys(TOKEN)
+    name = browser.find_element(By.ID, "new-run-name")
+    name.clear()
+    name.send_keys("from-the-browser")
+    fraction = browser.find_element(By.ID, "new-run-prior-fraction")
+    fraction.clear()
+    fraction.send_keys("0.25")
+    steps = browser.find_element(By.ID, "new-run-steps")
+    steps.clear()
+    steps.send_keys("100000")
+    browser.find_element(By.ID, "new-run-submit").click()
+
+    row = wait(browser, lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run-id]")
+                                        if "from-the-browser" in r.text), None), "the new run's row")
+    run_id = int(row.get_attribute("data-run-id"))
+    assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, browser.find_element(By.ID, "error").text
+    wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "running",
+         "the run to be listed as running")
+
+    # Charts fill from the SSE stream.
+    series = lambda: browser.execute_script(  # noqa: E731
+        "const s = window.falconDashboard.series;"
+        "return [window.falconDashboard.runId, s.steps.length, s.std_ratio.filter(v => v !== null).length,"
+        " s.bias.filter(v => v !== null).length, s.bufferSteps.length];"
+    )
+    wait(browser, lambda d: series()[1] >= 10 and series()[4] >= 2, "10 diagnostics rows in the charts")
+    shown_run, n_steps, n_ratio, n_bias, n_buffer = series()
+    assert shown_run == run_id and n_ratio > 0 and n_bias > 0
+    chart_lengths = browser.execute_script(
+        "const c = window.falconDashboard.charts;"
+        "return [c.std.data[0].length, c.bias.data[0].length, c.buffer.data[0].length, c.buffer.data[1].at(-1)];"
+    )
+    assert chart_lengths[0] > 0 and chart_lengths[1] > 0 and chart_lengths[2] > 0
+    assert chart_lengths[3] > 0  # the stack's top layer = all live samples
+    assert browser.execute_script(COLOUR_PIXELS, "#chart-std-ratio", 0x22, 0x77, 0xAA) > 20
+    assert browser.execute_script(COLOUR_PIXELS, "#chart-bias", 0xCC, 0x55, 0x22) > 20
+
+    browser.find_element(By.ID, f"run-stop-{run_id}").click()
+    wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "stopped",
+         "the run to be listed as stopped")
+    wait(browser, lambda d: d.find_element(By.ID, "detail-status").get_attribute("data-status") == "stopped",
+         "the live status to say stopped")
+    assert browser.find_elements(By.ID, f"run-resume-{run_id}")
+    with Client(ray_server.url, token=TOKEN) as api:
+        assert api.get_run(run_id)["status"] == "stopped"
+        api.delete(run_id)
