@@ -23,12 +23,25 @@ _RUN_EXAMPLE = {
 }
 
 
+def _no_arithmetic_errors(data: Any, handler):
+    """Validation that overflows (e.g. x_obs = exp(z_true) for a huge z_true) is bad input, not a 500."""
+    try:
+        return handler(data)
+    except ArithmeticError as exc:
+        raise ValueError(f"a value is out of numeric range ({type(exc).__name__}: {exc})") from None
+
+
 class RunCreate(RunConfig):
     """A run's configuration (every field optional, defaults = the seed's scenario)."""
 
     model_config = ConfigDict(json_schema_extra={"examples": [_RUN_EXAMPLE]})
 
     start: bool = Field(True, description="false: only create the run (status pending)")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_range(cls, data: Any, handler):
+        return _no_arithmetic_errors(data, handler)
 
     def config(self) -> RunConfig:
         return RunConfig.model_validate(self.model_dump(exclude={"start"}))
@@ -139,6 +152,11 @@ class StressCreate(BaseModel):
     seeds: int = Field(1, ge=1, le=100)
     steps: int = Field(1000, ge=1, le=1_000_000)
     base: RunConfig | None = None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _in_range(cls, data: Any, handler):
+        return _no_arithmetic_errors(data, handler)
 
     @model_validator(mode="after")
     def _grid_applies(self) -> StressCreate:
