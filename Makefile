@@ -29,5 +29,11 @@ bench: venv
 	$(PY) bench/buffer.py
 	$(PY) bench/loop.py
 
+# The docker compose deployment for real (tests/test_compose_e2e.py): builds the images, runs the
+# stack and exercises it. Uses the caller's Docker engine, or sets one up with
+# ../shared/tools/container-env.sh (needs root) when none answers.
+compose-test: venv
+	FALCON_LITE_REQUIRE_COMPOSE=1 $(PY) -m pytest tests/test_compose_config.py tests/test_compose_e2e.py $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .falcon-lite .pytest_cache .hypothesis
