@@ -1,9 +1,10 @@
 """Dependencies of the routes, as typed aliases (``CtxDep``, ``SessionDep``, ``AuthDep``).
 
 The app's long-lived objects live in ``AppContext`` on ``app.state.ctx``: settings, the
-database engine and session factory, the run control (created on first use, since it
-connects to Ray) and the stress jobs. A request's session is one transaction: committed
-when the route returns, rolled back when it raises, before the response is sent.
+database engine and two session factories, the run control (created on first use, since
+it connects to Ray) and the stress jobs. ``SessionDep`` is a read session (plain BEGIN:
+on SQLite in WAL mode it never waits for the trainer's writes); every write goes through
+``ctx.sessions.begin()`` in one transaction that commits or rolls back as a whole.
 """
 
 from __future__ import annotations
@@ -29,11 +30,28 @@ class AppContext:
 
     settings: Settings
     engine: Engine
-    sessions: sessionmaker
+    sessions: sessionmaker  # writes: on SQLite, BEGIN IMMEDIATE takes the write lock up front
+    readers: sessionmaker = None  # reads: plain BEGIN, so readers never wait for the trainer (WAL)
     jobs: Any = None  # services.api.stress_jobs.StressJobs
     metrics: Any = None  # services.api.metrics.ApiMetrics
     _control: Any = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.readers is None:
+            self.readers = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._stores: dict[tuple, Any] = {}
+
+    def sample_store(self, key: tuple, make) -> Any:
+        """A run's SampleStore, made once by `make()` (a run's config never changes) and kept."""
+        store = self._stores.get(key)
+        if store is None:
+            store = make()
+            with self._lock:
+                if len(self._stores) > 256:
+                    self._stores.clear()
+                self._stores[key] = store
+        return store
 
     def control(self):
         """The run control (Ray), connected on first use; 503 when Ray cannot be reached."""
@@ -76,14 +94,12 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
-    """One transaction per request: commit on success, roll back on any error."""
-    with ctx.sessions() as session:
+    """A read session for the request (routes that write open their own transaction)."""
+    with ctx.readers() as session:
         try:
             yield session
-            session.commit()
-        except BaseException:
+        finally:
             session.rollback()
-            raise
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
