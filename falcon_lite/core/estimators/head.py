@@ -90,17 +90,17 @@ class GaussianHead(nn.Module):
             u = self.out_mean + self.out_std * u
         return inp + u if self.residual else u
 
-    @torch.no_grad()
     def observe(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         """Update the running standardisation statistics from one batch (no-op without normalize)."""
         if not self.normalize:
             return
-        target = out - inp if self.residual else out
-        m = 1.0 if int(self.norm_count) == 0 else self.momentum
-        for (mean, std), values in (((self.in_mean, self.in_std), inp), ((self.out_mean, self.out_std), target)):
-            mean.mul_(1 - m).add_(values.mean(0), alpha=m)
-            std.mul_(1 - m).add_(values.std(0, unbiased=False).clamp_min(_TINY_STD), alpha=m)
-        self.norm_count += 1
+        with torch.no_grad():
+            target = out - inp if self.residual else out
+            m = 1.0 if int(self.norm_count) == 0 else self.momentum
+            for (mean, std), values in (((self.in_mean, self.in_std), inp), ((self.out_mean, self.out_std), target)):
+                mean.mul_(1 - m).add_(values.mean(0), alpha=m)
+                std.mul_(1 - m).add_(values.std(0, unbiased=False).clamp_min(_TINY_STD), alpha=m)
+            self.norm_count += 1
 
     def loss(self, inp: torch.Tensor, out: torch.Tensor, w: torch.Tensor | None = None):
         """The training loss (scalar) and the detached residuals out - mean(inp) (n, D).
@@ -109,18 +109,19 @@ class GaussianHead(nn.Module):
         """
         r = out - self.mean(inp)
         if self.nll:
-            per_row = (0.5 * (r * r * torch.exp(-self.log_var) + self.log_var)).mean(-1)
+            terms = 0.5 * (r * r * torch.exp(-self.log_var) + self.log_var)
         else:
             s = r / self.out_std if self.normalize else r
-            per_row = (s * s).mean(-1)
-        loss = per_row.mean() if w is None else (w * per_row).sum()
+            terms = s * s
+        # unweighted: the mean over rows of the mean over dims is the mean of all terms
+        loss = terms.mean() if w is None else (w * terms.mean(-1)).sum()
         return loss, r.detach()
 
-    @torch.no_grad()
     def update_variance(self, r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
-        """EMA step of log_var from residuals r (n, D); returns the batch log-variance (D,).
+        """EMA step of log_var from detached residuals r (n, D); returns the batch log-variance (D,).
 
-        Under ``loss="nll"`` log_var is trained by the optimizer and is left alone here.
+        Under ``loss="nll"`` log_var is trained by the optimizer and is left alone here. (No
+        ``no_grad`` needed: r is detached and the EMA buffer does not require grad.)
         """
         r2 = (r * r).mean(0) if w is None else (w[:, None] * r * r).sum(0)
         batch_log_var = torch.log(r2)
