@@ -365,3 +365,36 @@ def test_cli_runs_verbs(live_server, trained_run, api):  # noqa: F811
 def test_cli_reports_an_unreachable_server():
     out = falcon_lite("runs", "ls", "--server", "http://127.0.0.1:9")
     assert out.returncode == 1 and "cannot reach http://127.0.0.1:9" in out.stderr
+
+
+# ---- unexpected errors and a wrong schema ----------------------------------------------------
+def test_unexpected_error_is_500_with_request_id_and_no_traceback(api, anon, db):
+    """A row no code path can write (an unknown status) makes the answer fail validation."""
+    import sqlalchemy as sa
+
+    from falcon_lite.store.models import Run
+
+    run_id = api.create_run({"name": "corrupted"}, start=False)["id"]
+    with db.begin() as conn:
+        conn.execute(sa.update(Run).where(Run.id == run_id).values(status="bogus"))
+    try:
+        response = anon.get(f"/runs/{run_id}")
+    finally:
+        with db.begin() as conn:
+            conn.execute(sa.update(Run).where(Run.id == run_id).values(status="pending"))
+    assert response.status_code == 500
+    body = response.json()
+    assert body == {"detail": "internal server error", "request_id": response.headers["x-request-id"]}
+    assert anon.get(f"/runs/{run_id}").status_code == 200
+
+
+def test_server_refuses_a_database_without_schema(tmp_path):
+    """`uvicorn services.api.app:app` (the module-level app) on an empty database says to migrate."""
+    from tests.plugins.server import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_LITE_")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'empty.db'}"
+    out = subprocess.run([sys.executable, "-m", "uvicorn", "services.api.app:app", "--port", str(free_port())],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "falcon-lite migrate" in out.stderr + out.stdout

@@ -126,3 +126,28 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
     with Client(ray_server.url, token=TOKEN) as api:
         assert api.get_run(run_id)["status"] == "stopped"
         api.delete(run_id)
+
+
+def test_dashboard_stress_view(browser, ray_server):  # noqa: F811
+    """A stress matrix launched from the page: report.md's table and the plots appear."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(ray_server.url + "/")
+    wait(browser, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true", "the page")
+    token = browser.find_element(By.ID, "token")
+    token.clear()
+    token.send_keys(TOKEN)
+    for field, value in (("stress-key", "buffer.prior_fraction"), ("stress-values", "0, 0.5"),
+                         ("stress-seeds", "1"), ("stress-steps", "20")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "stress-submit").click()
+    wait(browser, lambda d: d.find_element(By.ID, "stress-status").get_attribute("data-status") == "completed",
+         "the stress job to complete", timeout=300)
+    rows = browser.find_elements(By.CSS_SELECTOR, "#stress-table tr")
+    assert len(rows) >= 3, browser.find_element(By.ID, "stress-report").text  # header + one row per grid point
+    assert "0.5" in browser.find_element(By.ID, "stress-table").text
+    wait(browser, lambda d: d.execute_script(
+        "const imgs = [...document.querySelectorAll('#stress-plots img')];"
+        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"), "the plots to load")
