@@ -33,7 +33,7 @@ from falcon_lite.store.samples import SampleStore
 PRIOR = int(Origin.PRIOR)
 FRACTIONS = (0.0, 0.2, 0.5, 1.0)
 SETTINGS = settings(
-    max_examples=30,
+    max_examples=40,
     stateful_step_count=14,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -42,7 +42,7 @@ SETTINGS = settings(
 
 @st.composite
 def sizes_strategy(draw) -> Sizes:
-    max_training = draw(st.integers(1, 8))
+    max_training = draw(st.integers(1, 12))
     return Sizes(
         validation_size=draw(st.integers(0, 4)),
         min_training=draw(st.integers(0, max_training)),
@@ -53,8 +53,8 @@ def sizes_strategy(draw) -> Sizes:
 
 def make_machine(engine):
     class BufferMachine(RuleBasedStateMachine):
-        @initialize(sizes=sizes_strategy())
-        def start(self, sizes: Sizes) -> None:
+        @initialize(sizes=sizes_strategy(), initial=st.integers(0, 24), prior_share=st.sampled_from((0.2, 0.5)))
+        def start(self, sizes: Sizes, initial: int, prior_share: float) -> None:
             with session_factory(engine).begin() as s:
                 self.run_id = runs.create_run(s, RunConfig(name="prop")).id
             self.store = SampleStore(engine, self.run_id, sizes, 2)
@@ -65,6 +65,7 @@ def make_machine(engine):
             self.origin: dict[int, int] = {}
             self.theta: dict[int, bytes] = {}
             self.mirrors = {}
+            self.append(initial, prior_share, 0)
 
         # -- actions -----------------------------------------------------------------------
 
@@ -121,11 +122,10 @@ def make_machine(engine):
                 self.mirrors[name].sync()
             self.check_mirror(self.mirrors[name])
 
-        @rule(batch_size=st.integers(1, 10), f=st.sampled_from(FRACTIONS), seed=st.integers(0, 3))
+        @rule(batch_size=st.integers(1, 6), f=st.sampled_from(FRACTIONS), seed=st.integers(0, 3))
         def draw(self, batch_size: int, f: float, seed: int) -> None:
-            if not self.mirrors:
-                return
-            m = next(iter(self.mirrors.values()))
+            self.sync("a")
+            m = self.mirrors["a"]
             pool = set(m.seq[m.status >= 1].tolist())
             n_prior = int((m.origin[m.status >= 1] == PRIOR).sum())
             batch = m.draw(batch_size, np.random.default_rng(seed), f)
