@@ -39,6 +39,7 @@ OPTIONS = {
     "iw": {"importance_weighting": True},
     "validation": {"variance_source": "validation"},
     "normalize+residual+iw": {"normalize": True, "residual": True, "importance_weighting": True},
+    "float32": {"dtype": "float32"},
 }
 
 
@@ -91,8 +92,8 @@ def test_shapes_and_finite_outputs(name, problem, option):
 def test_gradients_reach_every_parameter(name, problem, option):
     sim, prior, est = build(name, problem, OPTIONS[option])
     batch = mixed_batch(sim, prior, 3)
-    theta = torch.as_tensor(batch.theta)
-    x = torch.as_tensor(batch.x)
+    theta = torch.as_tensor(batch.theta, dtype=est.head.dtype)
+    x = torch.as_tensor(batch.x, dtype=est.head.dtype)
     inp, out = est.pair(theta, x)
     est.head.observe(inp, out)
     loss, _ = est.head.loss(inp, out)

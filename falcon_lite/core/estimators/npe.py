@@ -40,9 +40,15 @@ class GaussianEMA(nn.Module):
         return mean, np.broadcast_to(var, mean.shape).copy()
 
     def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mean (D,), var (D,)) of the learned Gaussian posterior at x_obs."""
-        mean, var = self.posterior_batch(np.asarray(x_obs).reshape(1, -1))
-        return mean[0], var[0]
+        """(mean (D,), var (D,)) of the learned Gaussian posterior at x_obs (fresh float64 arrays).
+
+        Called twice per step by the engine, so kept to one small forward pass.
+        """
+        with torch.no_grad():
+            x_t = torch.as_tensor(x_obs, dtype=self.head.dtype).reshape(1, self.dim)
+            mean = self.head.mean(x_t)[0].to(torch.float64)
+            var = torch.exp(self.head.log_var).to(torch.float64)
+        return mean.numpy(), var.numpy()
 
     def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
         """n draws (n, D) from the learned posterior at x_obs."""
