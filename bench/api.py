@@ -113,6 +113,7 @@ def main() -> int:
 
     import ray
 
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="flr-bench-api-"))
     ray.init(num_cpus=2, namespace="falcon-lite", include_dashboard=False, log_to_driver=False,
              _temp_dir=str(work / "ray"), object_store_memory=200 * 1024 * 1024)
@@ -150,12 +151,14 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     base = phases["no load"]["steps_per_s"]
+    load_after = os.getloadavg()[0]
     lines = [
         "## API",
         "",
         f"`bench/api.py`: 2 runs training on local Ray (seed scenario, 1 simulator each), "
         f"{args.clients} concurrent clients for {args.seconds:g} s per phase, live server on SQLite, "
-        f"{os.cpu_count()} CPUs ({platform.machine()}), machine shared with other work.",
+        f"{os.cpu_count()} CPUs ({platform.machine()}), machine shared with other work "
+        f"(1-min load average {load_before:.1f} before, {load_after:.1f} after).",
         "",
         "| phase | requests | req/s | p50 ms | p99 ms | errors | training steps/s (2 runs) | vs no load |",
         "|---|---|---|---|---|---|---|---|",

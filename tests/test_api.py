@@ -398,3 +398,20 @@ def test_server_refuses_a_database_without_schema(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "falcon-lite migrate" in out.stderr + out.stdout
+
+
+@pytest.mark.parametrize("verb", ["stress", "remote-stress"])
+def test_cli_stress_on_a_server_writes_the_report_locally(live_server, tmp_path, verb):  # noqa: F811
+    """`falcon-lite stress --server URL` (engine verb, through Client.stress_and_wait) and `remote-stress`."""
+    if not live_server.db_url.startswith("sqlite"):
+        pytest.skip("the stress job does not use the server's database; once is enough")
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({k: v for k, v in SMALL.items() if k != "name"}))
+    out = tmp_path / "out"
+    done = falcon_lite(verb, "--server", live_server.url, "--grid", "buffer.prior_fraction=0,0.5", "--seeds", "1",
+                       "--steps", "20", "--base", str(base), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert [r["overrides"]["buffer.prior_fraction"] for r in results["runs"]] == [0, 0.5]
+    assert "|" in (out / "report.md").read_text()
+    assert list(out.glob("*.png"))
