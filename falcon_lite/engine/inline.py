@@ -71,8 +71,9 @@ def last_sample_step(session, run_id: int, window: int = 4096) -> int | None:
 def load_state(engine: sa.Engine, run_id: int) -> RunState:
     """The run's state from its newest checkpoint, or a fresh one.
 
-    After a crash the buffer may hold batches of steps past the checkpoint; the run goes on
-    after the newest of them, so that no step's simulations are ever stored twice.
+    After a crash the buffer may hold batches simulated after the checkpoint: training
+    re-does its steps from the checkpoint, while simulation goes on after the newest stored
+    batch, so that no batch is ever stored twice.
     """
     with session_factory(engine).begin() as session:
         config = RunConfig.model_validate(runs.get_run(session, run_id).config)
@@ -80,7 +81,7 @@ def load_state(engine: sa.Engine, run_id: int) -> RunState:
         last_stored = last_sample_step(session, run_id)
     state = restore(config, saved[1]) if saved else new_state(config)
     if last_stored is not None:
-        state.step = max(state.step, last_stored + 1)
+        state.next_proposal = max(state.next_proposal, last_stored + 1)
     return state
 
 
@@ -133,6 +134,6 @@ def run_inline(
 
 def step_once(state: RunState, store: SampleStore, mirror, step: int) -> dict | None:
     """propose -> simulate -> store -> train -> diagnose, for one step; returns its metrics row."""
-    proposed = propose(state, step)
+    proposed = propose(state, state.next_proposal)
     ingest(state, store, mirror, proposed, simulate(state.simulator, proposed, state.seed))
     return train_and_diagnose(state, store, mirror, step)

@@ -76,6 +76,7 @@ def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
     mirror.apply(result, proposed.theta, x, proposed.origin, proposed.log_q, proposed.log_prior)
     state.drawn_prior += int(np.count_nonzero(proposed.origin == Origin.PRIOR))
     state.drawn_total += len(proposed.origin)
+    state.next_proposal = max(state.next_proposal, proposed.step + 1)
     return result
 
 

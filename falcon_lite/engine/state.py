@@ -38,7 +38,8 @@ class RunState:
     prior: object
     estimator: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    step: int = 0
+    step: int = 0  # optimizer steps taken
+    next_proposal: int = 0  # the step index of the next batch of simulations
     drawn_prior: int = 0
     drawn_total: int = 0
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
@@ -84,7 +85,7 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     saved = torch.load(io.BytesIO(blob), weights_only=True)
     state.estimator.load_state_dict(saved["estimator"])
     state.optimizer.load_state_dict(saved["optimizer"])
-    state.step = saved["step"]
+    state.step = state.next_proposal = saved["step"]
     state.drawn_prior = saved["drawn_prior"]
     state.drawn_total = saved["drawn_total"]
     return state

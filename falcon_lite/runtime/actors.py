@@ -1,0 +1,224 @@
+"""The Ray actors of one run; each hands its work to engine code in a few lines.
+
+- ProposalSampler: draws a step's parameters (prior share by quota, the rest from the
+  tempered posterior it is given). Stateless apart from the config: draws depend on
+  (seed, step) only, so a restarted sampler carries on exactly.
+- SimulatorActor: runs the registered simulator on one step's parameters. A simulator that
+  raises or returns non-finite values yields non-finite rows, which the store counts as
+  rejected and never stores: the run goes on.
+- Trainer: the only holder of the model and of the buffer's mirror; appends each arriving
+  batch, takes one optimizer step, records diagnostics and checkpoints. A restarted trainer
+  re-runs __init__ and so rebuilds itself from the last checkpoint in the database.
+- Supervisor (named, detached): owns the others and drives the pipeline with a bounded
+  number of simulation batches in flight, handling them in the order they finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+import numpy as np
+import ray
+
+from falcon_lite.config import RunConfig
+from falcon_lite.engine import loop
+from falcon_lite.engine.inline import Recorder, load_state
+from falcon_lite.store import runs
+from falcon_lite.store.db import make_engine, session_factory
+from falcon_lite.store.samples import SampleStore
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class ProposalSampler:
+    def __init__(self, config: dict):
+        _one_thread()
+        from falcon_lite.engine.state import new_state
+
+        self.state = new_state(RunConfig.model_validate(config))
+
+    def propose(self, step: int, posterior: tuple[np.ndarray, np.ndarray] | None) -> loop.Proposed:
+        return loop.propose_from(self.state, step, posterior)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class SimulatorActor:
+    def __init__(self, config: dict, index: int):
+        _one_thread()
+        from falcon_lite.core.simulators import make_simulator
+
+        self.config = RunConfig.model_validate(config)
+        self.simulator = make_simulator(self.config.simulator)
+        self.fail_every = self.config.runtime.simulator_fail_every
+        self.calls = 0
+        self.index = index
+
+    def simulate(self, proposed: loop.Proposed) -> tuple[np.ndarray, str]:
+        self.calls += 1
+        node = ray.get_runtime_context().get_node_id()
+        try:
+            if self.fail_every and self.calls % self.fail_every == 0:
+                raise RuntimeError(f"injected failure on call {self.calls}")
+            return loop.simulate(self.simulator, proposed, self.config.training.seed), node
+        except Exception:  # the batch is rejected and counted; the run goes on
+            return np.full_like(proposed.theta, np.nan), node
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class Trainer:
+    def __init__(self, run_id: int, database_url: str):
+        _one_thread()
+        self.run_id = run_id
+        self.engine = make_engine(database_url)
+        self.state = load_state(self.engine, run_id)
+        self.store = SampleStore(
+            self.engine, run_id, loop.sizes_of(self.state), self.state.simulator.dim, self.state.config.estimator.dtype
+        )
+        self.mirror = self.store.mirror(f"trainer-{run_id}-{os.getpid()}")
+        self.mirror.sync()
+        self.recorder = Recorder(self.engine, run_id)
+        self.nodes: collections.Counter[str] = collections.Counter()
+
+    def progress(self) -> tuple[int, int, tuple | None]:
+        """Steps trained, the next batch to simulate, and the posterior to propose it from."""
+        state = self.state
+        return state.step, state.next_proposal, loop.posterior_for(state, state.step)
+
+    def step(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str]) -> tuple[int, tuple | None]:
+        x, node = simulated
+        self.nodes[node] += 1
+        state, cfg = self.state, self.state.config
+        step = state.step
+        loop.ingest(state, self.store, self.mirror, proposed, x)
+        row = loop.train_and_diagnose(state, self.store, self.mirror, step)
+        if row is not None:
+            self.recorder.add(row, state.step)
+        if state.step % cfg.training.checkpoint_every == 0:
+            self.checkpoint()
+        if step % 50 == 0:
+            self.store.purge()
+        return state.step, loop.posterior_for(state, state.step)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def checkpoint(self) -> int:
+        self.recorder.flush(self.state.step, self.state.to_bytes())
+        return self.state.step
+
+    def simulations_by_node(self) -> dict[str, int]:
+        return dict(self.nodes)
+
+    def close(self) -> None:
+        self.mirror.close()
+        self.engine.dispose()
+
+
+@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)
+class Supervisor:
+    """One run's owner. `start` launches the pipeline in a thread; `stop` ends it gracefully."""
+
+    def __init__(self, run_id: int, database_url: str):
+        self.run_id = run_id
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        self.sessions = session_factory(self.engine)
+        with self.sessions.begin() as session:
+            self.config = RunConfig.model_validate(runs.get_run(session, run_id).config)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.children: list = []
+        self.trainer = None
+
+    def start(self) -> bool:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._main, name=f"run-{self.run_id}", daemon=True)
+            self.thread.start()
+        return True
+
+    def stop(self) -> bool:
+        self.stopping.set()
+        return True
+
+    def alive(self) -> bool:
+        """Whether the pipeline is still going (a finished supervisor is killed before a resume)."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def trainer_pid(self) -> int:
+        return ray.get(self.trainer.pid.remote())
+
+    def placement(self) -> dict[str, int]:
+        return ray.get(self.trainer.simulations_by_node.remote()) if self.trainer else {}
+
+    def _set_status(self, status: str, reason: str | None = None) -> None:
+        with self.sessions.begin() as session:
+            runs.set_status(session, self.run_id, status, reason=reason)
+
+    def _main(self) -> None:
+        try:
+            self._set_status("running")
+            status = self._pipeline()
+            ray.get(self.trainer.checkpoint.remote())
+            ray.get(self.trainer.close.remote())
+            self._set_status(status)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
+            self._set_status("failed", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            for child in self.children:
+                ray.kill(child)
+
+    def _spawn(self) -> None:
+        cfg = self.config.model_dump(mode="json")
+        self.trainer = Trainer.remote(self.run_id, self.database_url)
+        self.sampler = ProposalSampler.remote(cfg)
+        self.simulators = [
+            SimulatorActor.options(scheduling_strategy="SPREAD").remote(cfg, i)
+            for i in range(self.config.runtime.simulators)
+        ]
+        self.children = [self.trainer, self.sampler, *self.simulators]
+
+    def _pipeline(self) -> str:
+        """Keep up to `in_flight` simulation batches going; train on each as it finishes."""
+        self._spawn()
+        total = self.config.training.steps
+        window = self.config.runtime.in_flight
+        trained, next_batch, posterior = self._trainer_progress()
+        pending: dict = {}
+        turn = 0
+        while trained < total:
+            if self.stopping.is_set():
+                return "stopped"
+            while len(pending) < min(window, total - trained):
+                proposed = self.sampler.propose.remote(next_batch, posterior)
+                simulator = self.simulators[turn % len(self.simulators)]
+                turn += 1
+                pending[simulator.simulate.remote(proposed)] = proposed
+                next_batch += 1
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            proposed = pending.pop(ready[0])
+            try:
+                trained, posterior = ray.get(self.trainer.step.remote(proposed, ready[0]))
+            except ray.exceptions.RayActorError:
+                # The trainer died and restarted from its last checkpoint: drop what was in
+                # flight (nothing of it was stored) and go on from what it reports.
+                pending.clear()
+                trained, next_batch, posterior = self._trainer_progress()
+        return "completed"
+
+    def _trainer_progress(self, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get(self.trainer.progress.remote())
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

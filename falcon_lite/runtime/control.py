@@ -1,0 +1,187 @@
+"""Run control: the Python API the service and the CLI use to start, stop and resume runs.
+
+Runs execute on Ray under a named, detached Supervisor actor (so they outlive the process
+that started them); this object only creates runs in the database and talks to
+supervisors. Every call returns once the request is accepted; none waits for a run.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import ray
+
+from falcon_lite.config import RunConfig
+from falcon_lite.settings import Settings, get_settings
+from falcon_lite.store import runs
+from falcon_lite.store.db import check_schema, make_engine, session_factory
+from falcon_lite.store.errors import ConflictError
+
+ACTIVE = ("running", "stopping")
+TERMINAL = ("stopped", "completed", "failed")
+
+
+def supervisor_name(run_id: int) -> str:
+    return f"falcon-lite-run-{run_id}"
+
+
+def connect_ray(settings: Settings) -> None:
+    """Join RAY_ADDRESS's cluster, or start a local one (the embedded default)."""
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=settings.ray_address or None,
+        namespace=settings.ray_namespace,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+class RunControl:
+    def __init__(self, settings: Settings | None = None, database_url: str | None = None):
+        self.settings = settings or get_settings()
+        self.database_url = database_url or self.settings.db_url
+        self.engine = make_engine(self.database_url)
+        check_schema(self.engine)
+        self.sessions = session_factory(self.engine)
+        connect_ray(self.settings)
+
+    # -- the supervisor of a run -------------------------------------------------------
+    def _supervisor(self, run_id: int):
+        try:
+            return ray.get_actor(supervisor_name(run_id), namespace=self.settings.ray_namespace)
+        except ValueError:
+            return None
+
+    def _alive(self, run_id: int) -> bool:
+        actor = self._supervisor(run_id)
+        if actor is None:
+            return False
+        try:
+            return ray.get(actor.alive.remote(), timeout=30)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+
+    def _launch(self, run_id: int) -> None:
+        from falcon_lite.runtime.actors import Supervisor
+
+        old = self._supervisor(run_id)
+        if old is not None:
+            ray.kill(old)
+            self._wait_gone(run_id)
+        actor = Supervisor.options(
+            name=supervisor_name(run_id), namespace=self.settings.ray_namespace, lifetime="detached"
+        ).remote(run_id, self.database_url)
+        ray.get(actor.start.remote())
+
+    def _wait_gone(self, run_id: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._supervisor(run_id) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # -- the API -----------------------------------------------------------------------
+    def create(self, config: RunConfig, start: bool = True) -> int:
+        with self.sessions.begin() as session:
+            run_id = runs.create_run(session, config).id
+        if start:
+            self.start(run_id)
+        return run_id
+
+    def start(self, run_id: int) -> None:
+        """Start a pending run, or resume a stopped/failed one; a no-op on an active run."""
+        with self.sessions.begin() as session:
+            status = runs.get_run(session, run_id).status
+        if status in ACTIVE and self._alive(run_id):
+            return
+        if status == "completed":
+            raise ConflictError(f"run {run_id} is completed; there is nothing to resume")
+        with self.sessions.begin() as session:
+            if status in ACTIVE:  # its supervisor is gone: say so before starting again
+                runs.set_status(session, run_id, "failed", reason="supervisor lost")
+            runs.set_status(session, run_id, "running")
+        self._launch(run_id)
+
+    resume = start
+
+    def stop(self, run_id: int) -> None:
+        """Ask a run to stop gracefully (flush, checkpoint, `stopped`); idempotent."""
+        with self.sessions.begin() as session:
+            status = runs.get_run(session, run_id).status
+            if status in TERMINAL:
+                return
+            if status == "pending":
+                runs.set_status(session, run_id, "stopped")
+                return
+        actor = self._supervisor(run_id)
+        if actor is None or not self._alive(run_id):
+            self.reconcile(run_id)
+            return
+        with self.sessions.begin() as session:
+            if runs.get_run(session, run_id).status == "running":
+                runs.set_status(session, run_id, "stopping")
+        actor.stop.remote()
+
+    def reconcile(self, run_id: int) -> str:
+        """Mark an active run whose supervisor is gone as failed; returns the run's status."""
+        with self.sessions.begin() as session:
+            run = runs.get_run(session, run_id)
+            status = run.status
+        if status in ACTIVE and not self._alive(run_id):
+            with self.sessions.begin() as session:
+                run = runs.get_run(session, run_id)
+                if run.status in ACTIVE:  # re-read: it may have finished meanwhile
+                    runs.set_status(session, run_id, "failed", reason="supervisor lost: the process died")
+                status = run.status
+        return status
+
+    def delete(self, run_id: int) -> None:
+        with self.sessions.begin() as session:
+            runs.delete_run(session, run_id)
+        old = self._supervisor(run_id)
+        if old is not None:
+            ray.kill(old)
+
+    def placement(self, run_id: int) -> dict[str, int]:
+        """Simulated batches per Ray node id, as the run's trainer counted them."""
+        actor = self._supervisor(run_id)
+        return ray.get(actor.placement.remote(), timeout=30) if actor else {}
+
+    def posterior_samples(self, run_id: int, n: int, seed: int = 0) -> np.ndarray:
+        """n draws from the run's current estimate (its newest checkpoint)."""
+        from falcon_lite.engine.inline import load_state
+
+        state = load_state(self.engine, run_id)
+        mean, var = state.estimator.posterior(state.simulator.x_obs)
+        return np.random.default_rng(seed).normal(mean, np.sqrt(var), size=(n, len(mean)))
+
+    def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.5) -> str:
+        """Block until the run is no longer active (or timeout); returns its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.reconcile(run_id)
+            if status not in ACTIVE or (deadline is not None and time.monotonic() > deadline):
+                return status
+            time.sleep(poll)
+
+    def run_to_end(self, run_id: int, progress: bool = True) -> tuple[str, dict | None]:
+        """Start a run and follow it to its end with a progress bar (the CLI's `run --ray`)."""
+        from tqdm import tqdm
+
+        self.start(run_id)
+        with self.sessions.begin() as session:
+            total = RunConfig.model_validate(runs.get_run(session, run_id).config).training.steps
+        bar = tqdm(total=total, unit="step", disable=not progress)
+        status = "running"
+        while status in ACTIVE:
+            status = self.wait(run_id, timeout=1.0)
+            with self.sessions.begin() as session:
+                bar.update(runs.get_run(session, run_id).step - bar.n)
+        bar.close()
+        with self.sessions.begin() as session:
+            rows = runs.metrics_since(session, run_id, since_step=total - 2)
+        return status, rows[-1] if rows else None
+
+    def close(self) -> None:
+        self.engine.dispose()

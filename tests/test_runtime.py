@@ -1,0 +1,162 @@
+"""The Ray runtime on a real local Ray (one per test session) and both databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.runtime.control import RunControl, supervisor_name
+from falcon_lite.settings import Settings
+from falcon_lite.store import runs
+from falcon_lite.store.models import Sample
+
+pytestmark = pytest.mark.ray
+
+SMALL = {
+    "estimator.hidden": [16, 16],
+    "training.warmup_steps": 20,
+    "training.checkpoint_every": 20,
+    "buffer.simulations_per_step": 32,
+    "buffer.min_training": 32,
+    "buffer.max_training": 32,
+    "training.batch_size": 32,
+    "runtime.simulators": 2,
+}
+
+
+def config(steps: int, **overrides) -> RunConfig:
+    return with_overrides(RunConfig(), {**SMALL, "training.steps": steps, **overrides})
+
+
+@pytest.fixture
+def control(ray_address, db_url):
+    c = RunControl(Settings(ray_address=ray_address), database_url=db_url)
+    yield c
+    c.close()
+
+
+def only(backend: str):
+    """Run a test on one database: the end-to-end test covers both, the rest split between them."""
+    return pytest.mark.parametrize("raw_db_url", [backend], indirect=True)
+
+
+def run_row(control: RunControl, run_id: int):
+    with control.sessions.begin() as s:
+        run = runs.get_run(s, run_id)
+        return run.status, run.step, run.rejected, run.reason
+
+
+def per_step_counts(control: RunControl, run_id: int) -> dict[int, int]:
+    """How many stored samples each simulated step contributed (live and purged rows alike)."""
+    with control.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(Sample.step, sa.func.count()).where(Sample.run_id == run_id).group_by(Sample.step)
+        ).all()
+    return dict(rows)
+
+
+def wait_step(control: RunControl, run_id: int, step: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while run_row(control, run_id)[1] < step:
+        assert time.monotonic() < deadline, f"run {run_id} did not reach step {step}: {run_row(control, run_id)}"
+        time.sleep(0.2)
+
+
+def test_run_end_to_end(control):
+    run_id = control.create(config(60, **{"buffer.prior_fraction": 0.25}))
+    assert control.wait(run_id, timeout=180) == "completed"
+    status, step, rejected, _ = run_row(control, run_id)
+    assert (step, rejected) == (60, 0)
+    store_total = control_composition(control, run_id)["total"]
+    assert store_total == 60 * 32
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    assert len(rows) == 60 and all(r["trainable_prior"] >= 8 for r in rows if r["step"] >= 20)
+
+
+def control_composition(control, run_id):
+    from falcon_lite.engine.inline import load_state
+    from falcon_lite.engine.loop import sizes_of
+    from falcon_lite.store.samples import SampleStore
+
+    state = load_state(control.engine, run_id)
+    return SampleStore(control.engine, run_id, sizes_of(state), 1).composition().to_dict(0.0)
+
+
+@only("sqlite")
+def test_stop_and_resume_keep_the_step_count(control):
+    run_id = control.create(config(4000))
+    wait_step(control, run_id, 150)
+    control.stop(run_id)
+    control.stop(run_id)  # idempotent
+    assert control.wait(run_id, timeout=60) == "stopped"
+    _, stopped_at, _, _ = run_row(control, run_id)
+    with control.sessions.begin() as s:
+        loss_before = runs.metrics_since(s, run_id, since_step=stopped_at - 20, limit=None)
+    control.resume(run_id)
+    wait_step(control, run_id, stopped_at + 30)
+    control.stop(run_id)
+    assert control.wait(run_id, timeout=60) == "stopped"
+    with control.sessions.begin() as s:
+        after = runs.metrics_since(s, run_id, since_step=stopped_at - 1, limit=None)
+    # continued from the checkpoint, not reset: the first resumed step follows the last one
+    assert after[0]["step"] == stopped_at
+    mean_before = sum(r["loss"] for r in loss_before) / len(loss_before)
+    assert after[0]["loss"] < 10 * mean_before  # the loss did not jump back to an untrained level
+    assert max(per_step_counts(control, run_id).values()) == 32  # no step stored twice
+
+
+@only("postgres")
+def test_killed_trainer_recovers_by_itself(control):
+    run_id = control.create(config(400))
+    wait_step(control, run_id, 60)
+    import ray
+
+    supervisor = ray.get_actor(supervisor_name(run_id), namespace="falcon-lite")
+    pid = ray.get(supervisor.trainer_pid.remote())
+    os.kill(pid, signal.SIGKILL)
+    assert control.wait(run_id, timeout=240) == "completed"
+    counts = per_step_counts(control, run_id)
+    assert set(counts.values()) == {32}  # nothing duplicated
+    assert control_composition(control, run_id)["total"] == 32 * len(counts)  # nothing lost
+    _, step, _, _ = run_row(control, run_id)
+    assert step == 400
+
+
+@only("sqlite")
+def test_failing_simulator_batches_are_rejected_and_counted(control):
+    run_id = control.create(config(60, **{"runtime.simulator_fail_every": 10, "runtime.simulators": 1}))
+    assert control.wait(run_id, timeout=180) == "completed"
+    status, step, rejected, _ = run_row(control, run_id)
+    assert step == 60
+    assert rejected == 6 * 32  # calls 10, 20, ..., 60 failed; each rejected whole
+    counts = per_step_counts(control, run_id)
+    assert len(counts) == 54 and set(counts.values()) == {32}
+
+
+@only("postgres")
+def test_two_runs_share_the_cluster(control):
+    a = control.create(config(50))
+    b = control.create(config(50, **{"training.seed": 3}))
+    assert control.wait(a, timeout=240) == "completed"
+    assert control.wait(b, timeout=240) == "completed"
+
+
+@only("postgres")
+def test_lost_supervisor_marks_the_run_failed_and_it_resumes(control):
+    import ray
+
+    run_id = control.create(config(3000))
+    wait_step(control, run_id, 40)
+    ray.kill(ray.get_actor(supervisor_name(run_id), namespace="falcon-lite"))
+    assert control.wait(run_id, timeout=60) == "failed"
+    assert "supervisor" in run_row(control, run_id)[3]
+    control.resume(run_id)
+    wait_step(control, run_id, run_row(control, run_id)[1] + 10)
+    control.stop(run_id)
+    assert control.wait(run_id, timeout=60) == "stopped"
