@@ -60,7 +60,7 @@ def make_engine(url: str, **kwargs) -> Engine:
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             raise ValueError(f"PostgreSQL URLs must use psycopg 3 (postgresql+psycopg://), got {url!r}")
-        kwargs.setdefault("pool_pre_ping", True)
+        # No pool_pre_ping by default: it costs a round trip per checkout (pass it to opt in).
         return create_engine(url, **kwargs)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql+psycopg://...")
 

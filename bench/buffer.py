@@ -1,0 +1,308 @@
+"""Sample-buffer speed on PostgreSQL and SQLite, each figure beside a baseline from the same run.
+
+For each database: a fresh database migrated to head, one run with a rolling buffer
+(validation 256, min = max training 1024, f = 0.2, dim 1), filled in two stages to
+10 000 and then ``--rows`` samples (default 1 000 000). At each stage it measures, over
+``--reps`` repetitions interleaved with the baseline (the machine is shared: interleaving
+keeps load drift out of the ratio):
+
+- append+rotate of 256 samples (`SampleStore.append`: one transaction);
+- baseline: a bare executemany INSERT of the same 256 rows into a bare table of the same
+  shape (same columns and primary key, no other index), built from the same arrays and
+  committed — plus, on PostgreSQL, the same rows as one ``INSERT ... SELECT unnest``;
+- composition (`SampleStore.composition`, from ``status_counts``);
+- mirror sync after one append (`Mirror.sync`);
+- batch draw of 128 from the mirror's pool of 1024 (`Mirror.draw`, f = 0.2).
+
+The fill is a bulk SQL insert of TOMBSTONE rows (what an unpurged run holds) straight into
+``samples`` with the counters kept consistent, then a few real appends to set up the live
+window; the measured operations are the real code paths. Prints a table and writes it to
+docs/benchmarks.md (section "Buffer").
+
+    .venv/bin/python bench/buffer.py [--rows 1000000] [--reps 40] [--db postgres sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    Table,
+    create_engine,
+    insert,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from falcon_lite.config import RunConfig
+from falcon_lite.core.policy import Sizes, Status
+from falcon_lite.store import runs
+from falcon_lite.store.db import make_engine, migrate, session_factory
+from falcon_lite.store.models import Run, StatusCount
+from falcon_lite.store.samples import SampleStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PG = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+SIZES = Sizes(validation_size=256, min_training=1024, max_training=1024, prior_fraction=0.2)
+BATCH, DRAW_B, DRAWS = 256, 128, 2000
+FILL_CHUNK = 200_000
+
+BARE = MetaData()
+BARE_TABLE = Table(
+    "bench_bare", BARE,
+    Column("run_id", Integer, primary_key=True), Column("seq", BigInteger, primary_key=True),
+    Column("status", SmallInteger), Column("origin", SmallInteger), Column("step", Integer),
+    Column("theta", LargeBinary), Column("x", LargeBinary), Column("log_q", Float),
+    Column("log_prior", Float), Column("version", BigInteger),
+)
+PG_BARE_UNNEST = text(
+    "INSERT INTO bench_bare (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
+    "SELECT 1, u.seq, 0, u.origin, 0, u.theta, u.x, u.log_q, u.log_prior, 1 "
+    "FROM unnest(CAST(:seq AS BIGINT[]), CAST(:origin AS SMALLINT[]), CAST(:theta AS BYTEA[]), "
+    "CAST(:x AS BYTEA[]), CAST(:log_q AS FLOAT8[]), CAST(:log_prior AS FLOAT8[])) "
+    "AS u(seq, origin, theta, x, log_q, log_prior)"
+)
+
+
+class Database:
+    """A fresh database for the bench, removed afterwards."""
+
+    def __init__(self, kind: str, pg_url: str) -> None:
+        self.kind = kind
+        if kind == "sqlite":
+            self.tmp = tempfile.TemporaryDirectory(prefix="flr-bench-")
+            self.url = f"sqlite:///{self.tmp.name}/bench.db"
+        else:
+            self.name = f"flr_bench_{uuid.uuid4().hex[:12]}"
+            self.admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+            with self.admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+            self.url = make_url(pg_url).set(database=self.name).render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        if self.kind == "sqlite":
+            self.tmp.cleanup()
+        else:
+            with self.admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            self.admin.dispose()
+
+
+def bulk_fill(engine, run_id: int, n: int) -> None:
+    """Insert `n` TOMBSTONE rows by bulk SQL, keeping next_seq/appended/version/status_counts right."""
+    blob = np.zeros(1).tobytes()
+    done = 0
+    while done < n:
+        k = min(FILL_CHUNK, n - done)
+        with session_factory(engine).begin() as s:
+            run = runs.get_run(s, run_id, for_update=True)
+            start, version = run.next_seq, run.version + 1
+            params = {"run_id": run_id, "start": start, "k": k, "blob": blob, "version": version}
+            cols = "run_id, seq, status, origin, step, theta, x, log_q, log_prior, version"
+            body = (
+                f"SELECT :run_id, :start + g, {int(Status.TOMBSTONE)}, CASE WHEN g % 5 = 0 THEN 0 ELSE 1 END, "
+                "0, :blob, :blob, 0.0, 0.0, :version"
+            )
+            if engine.dialect.name == "postgresql":
+                s.execute(text(f"INSERT INTO samples ({cols}) {body} FROM generate_series(0, :k - 1) AS g"), params)
+            else:
+                s.execute(text(
+                    f"INSERT INTO samples ({cols}) WITH RECURSIVE c(g) AS "
+                    f"(SELECT 0 UNION ALL SELECT g + 1 FROM c WHERE g < :k - 1) {body} FROM c"
+                ), params)
+            n_prior = (k + 4) // 5
+            s.execute(update(Run).where(Run.id == run_id).values(
+                next_seq=Run.next_seq + k, appended=Run.appended + k, version=version))
+            for origin, count in ((0, n_prior), (1, k - n_prior)):
+                s.execute(update(StatusCount).where(
+                    StatusCount.run_id == run_id, StatusCount.status == int(Status.TOMBSTONE),
+                    StatusCount.origin == origin).values(n=StatusCount.n + count))
+        done += k
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE samples"))
+
+
+def make_batch(rng: np.random.Generator):
+    theta = rng.normal(size=(BATCH, 1))
+    origin = np.where(rng.random(BATCH) < 0.3, 0, 1)
+    return theta, theta + 1e-6 * rng.normal(size=(BATCH, 1)), origin, rng.normal(size=BATCH), rng.normal(size=BATCH)
+
+
+def bare_insert(engine, seq0: int, arrays, unnest: bool = False) -> float:
+    theta, x, origin, log_q, log_prior = arrays
+    t0 = time.perf_counter()
+    if unnest:
+        params = {"seq": list(range(seq0, seq0 + BATCH)), "origin": origin.tolist(),
+                  "theta": [t.tobytes() for t in theta], "x": [v.tobytes() for v in x],
+                  "log_q": log_q.tolist(), "log_prior": log_prior.tolist()}
+        with engine.begin() as conn:
+            conn.execute(PG_BARE_UNNEST, params)
+    else:
+        rows = [
+            {"run_id": 1, "seq": seq0 + i, "status": 0, "origin": o, "step": 0, "theta": t.tobytes(),
+             "x": v.tobytes(), "log_q": lq, "log_prior": lp, "version": 1}
+            for i, (o, t, v, lq, lp) in enumerate(zip(origin.tolist(), theta, x, log_q.tolist(), log_prior.tolist()))
+        ]
+        with engine.begin() as conn:
+            conn.execute(insert(BARE_TABLE), rows)
+    return time.perf_counter() - t0
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure(engine, store: SampleStore, mirror, reps: int, rng, bare_seq: list[int]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in ("append", "bare", "bare_unnest", "composition", "sync", "draw")}
+    pg = engine.dialect.name == "postgresql"
+    for _ in range(reps):
+        arrays = make_batch(rng)
+        out["bare"].append(bare_insert(engine, bare_seq[0], arrays))
+        bare_seq[0] += BATCH
+        if pg:
+            out["bare_unnest"].append(bare_insert(engine, bare_seq[0], arrays, unnest=True))
+            bare_seq[0] += BATCH
+        out["append"].append(timed(lambda: store.append(*arrays[:3], 0, *arrays[3:])))
+        out["composition"].append(timed(store.composition))
+        mirror.sync()
+        arrays = make_batch(rng)
+        store.append(*arrays[:3], 0, *arrays[3:])
+        out["sync"].append(timed(mirror.sync))
+    draw_rng = np.random.default_rng(1)
+    for _ in range(DRAWS):
+        out["draw"].append(timed(lambda: mirror.draw(DRAW_B, draw_rng, SIZES.prior_fraction)))
+    assert mirror.trainable_size == SIZES.max_training
+    return out
+
+
+def bench_database(kind: str, pg_url: str, rows: int, reps: int) -> list[dict]:
+    db = Database(kind, pg_url)
+    results = []
+    try:
+        migrate(db.url)
+        engine = make_engine(db.url)
+        BARE.create_all(engine)
+        with session_factory(engine).begin() as s:
+            run_id = runs.create_run(s, RunConfig(name="bench", buffer={
+                "validation_size": 256, "min_training": 1024, "max_training": 1024, "prior_fraction": 0.2,
+                "simulations_per_step": 256})).id
+        store = SampleStore(engine, run_id, SIZES, 1)
+        rng = np.random.default_rng(0)
+        bare_seq = [0]
+        mirror = None
+        warm = 8  # real appends after each fill: the live window (1280 rows) is set up by the code
+        for stage in sorted({min(10_000, rows), rows}):
+            have = store.composition().total
+            t0 = time.perf_counter()
+            bulk_fill(engine, run_id, max(0, stage - have - warm * BATCH))
+            for _ in range(warm):
+                arrays = make_batch(rng)
+                store.append(*arrays[:3], 0, *arrays[3:])
+            fill_s = time.perf_counter() - t0
+            mirror = mirror or store.mirror("bench")
+            mirror.sync()
+            total = store.composition().total
+            print(f"{kind}: filled to {total} rows in {fill_s:.1f} s; measuring ...", flush=True)
+            figures = measure(engine, store, mirror, reps, rng, bare_seq)
+            results.append({"db": kind, "rows": total, "figures": figures})
+        mirror.close()
+        engine.dispose()
+    finally:
+        db.close()
+    return results
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1e3
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = [
+        "| database | rows | operation | p50 ms | p95 ms | baseline | baseline p50 ms | ratio p50 | target |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        f, db, n = r["figures"], r["db"], f"{r['rows']:,}"
+        bare = pct(f["bare"], 50)
+        rows = [
+            ("append+rotate 256", f["append"], "bare executemany INSERT 256", bare, "<= 2x bare"),
+            ("composition", f["composition"], "", None, "p50 <= 5 ms"),
+            ("mirror sync after one append", f["sync"], "", None, "flat 10k -> 1M"),
+            ("draw B=128 from pool 1024", f["draw"], "", None, "p50 <= 0.2 ms"),
+        ]
+        for name, values, base_name, base, target in rows:
+            p50, p95 = pct(values, 50), pct(values, 95)
+            ratio = f"{p50 / base:.2f}x" if base else ""
+            base_s = f"{base:.2f}" if base is not None else ""
+            lines.append(f"| {db} | {n} | {name} | {p50:.3f} | {p95:.3f} | {base_name} | {base_s} | {ratio} | {target} |")
+        if f["bare_unnest"]:
+            b2 = pct(f["bare_unnest"], 50)
+            lines.append(
+                f"| {db} | {n} | (append+rotate 256 vs one-statement bare INSERT) | {pct(f['append'], 50):.3f} | "
+                f"{pct(f['append'], 95):.3f} | bare INSERT ... unnest 256 | {b2:.2f} | {pct(f['append'], 50) / b2:.2f}x | |"
+            )
+    return lines
+
+
+def write_section(lines: list[str], command: str, path: Path) -> None:
+    body = "\n".join([
+        "## Buffer",
+        "",
+        f"`{command}` ({platform.machine()}, {os.cpu_count()} CPUs, machine shared with other work;",
+        "PostgreSQL 15 and SQLite (WAL) on the same disk). One run, rolling buffer: validation 256,",
+        "min = max training 1024, f = 0.2, dim 1. Rows = samples stored in the run (the fill is",
+        "TOMBSTONE rows by bulk SQL, then real appends). Baselines are measured in the same process,",
+        "interleaved with the operation.",
+        "",
+        *lines,
+        "",
+    ])
+    text_ = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(r"^## Buffer\n.*?(?=^## |\Z)", re.S | re.M)
+    text_ = pattern.sub(body + "\n", text_) if pattern.search(text_) else text_.rstrip("\n") + "\n\n" + body
+    path.write_text(text_)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--db", nargs="+", choices=["postgres", "sqlite"], default=["postgres", "sqlite"])
+    parser.add_argument("--pg-url", default=DEFAULT_PG)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    results = []
+    for kind in args.db:
+        results += bench_database(kind, args.pg_url, args.rows, args.reps)
+    lines = table(results)
+    print("\n".join(lines))
+    if not args.no_write:
+        command = "python bench/buffer.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
+        write_section(lines, command, args.out)
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
