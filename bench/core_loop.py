@@ -99,6 +99,55 @@ def bare_loop(steps: int, seed: int = 0) -> tuple[float, float]:
     return 1e3 * (time.perf_counter() - start) / steps, 1e3 * (time.process_time() - cpu) / steps
 
 
+def step_vs_bare(reps: int = 15, n_batches: int = 200) -> tuple[float, float, float]:
+    """CPU us per step of train_step and of the bare step, on the same pre-drawn batches, interleaved.
+
+    Returns (train_step_us, bare_us, posterior_us): the medians over ``reps`` passes.
+    """
+    torch.set_num_threads(1)
+    cfg = RunConfig()
+    sim = make_simulator(cfg.simulator)
+    prior = make_prior(cfg.prior, sim.dim)
+    est = make_estimator(cfg.estimator, sim.dim, prior, torch.Generator().manual_seed(0))
+    opt = make_optimizer(est, 1e-3)
+    bare_est = make_estimator(cfg.estimator, sim.dim, prior, torch.Generator().manual_seed(0))
+    net, bare_opt = bare_est.head.net, make_optimizer(bare_est.head.net, 1e-3)
+    log_var = torch.zeros(1, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(n_batches):
+        theta = prior.sample(128, rng)
+        lp = prior.log_prob(theta)
+        batches.append(Rows(theta, sim(theta, rng), lp, lp, np.zeros(128, np.int8)))
+
+    def ours():
+        for b in batches:
+            train_step(est, opt, b)
+
+    def bare():
+        for b in batches:
+            r = torch.from_numpy(b.theta) - net(torch.from_numpy(b.x))
+            loss = (r * r).mean()
+            bare_opt.zero_grad()
+            loss.backward()
+            bare_opt.step()
+            with torch.no_grad():
+                log_var.mul_(0.99).add_(0.01 * torch.log((r * r).mean(0)))
+            loss.item()
+
+    def posteriors():
+        for _ in batches:
+            est.posterior(sim.x_obs)
+
+    times: dict = {ours: [], bare: [], posteriors: []}
+    for _ in range(reps):
+        for fn in times:
+            t0 = time.process_time()
+            fn()
+            times[fn].append(1e6 * (time.process_time() - t0) / n_batches)
+    return tuple(float(np.median(times[fn])) for fn in (ours, bare, posteriors))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10_000)
@@ -110,6 +159,11 @@ def main() -> None:
     parser.add_argument("--json", help="write all results here")
     args = parser.parse_args()
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    bare_loop(200)  # imports and warms up torch's optimizer machinery outside any timing
+    bare, bare_cpu = bare_loop(min(args.steps, 3000))
+    ours_us, bare_us, post_us = step_vs_bare()
+    print(f"train_step {ours_us:.0f} CPU us/step vs bare step {bare_us:.0f} (ratio {ours_us / bare_us:.3f}); "
+          f"posterior(x_obs) {post_us:.0f} CPU us", flush=True)
     results = []
     for f in args.fractions:
         for seed in args.seeds:
@@ -122,7 +176,6 @@ def main() -> None:
                   f"max_after_conv={r['max_std_ratio_after_convergence']} {r['ms_per_step']:.3f} ms/step "
                   f"({r['cpu_ms_per_step']:.3f} CPU ms/step)",
                   flush=True)
-    bare, bare_cpu = bare_loop(min(args.steps, 3000))
     mean_ms = float(np.mean([r["ms_per_step"] for r in results]))
     mean_cpu = float(np.mean([r["cpu_ms_per_step"] for r in results]))
     print(f"core loop {mean_ms:.3f} ms/step wall, {mean_cpu:.3f} CPU (incl. drawing, 2 posterior evals and "

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 
 import numpy as np
@@ -43,33 +44,40 @@ def regime(bias, sigma) -> str:
     return "identity" if np.all(np.abs(np.asarray(bias)) < np.asarray(sigma)) else "constant"
 
 
+def _log_distance(r: float) -> float:
+    """|log r|, +inf for 0, negative, inf or nan (so those count as the worst)."""
+    return abs(math.log(r)) if 0.0 < r < math.inf else math.inf
+
+
 def summarize(mean, var, truth_mean, truth_std, temperature: float | None = None) -> dict:
     """One metrics row for the estimate (mean, var) against the truth; values are floats or str.
 
     ``std_ratio`` is the worst dim (farthest from 1 in log), ``bias_over_sigma`` the signed
     value of the dim with the largest |.|, ``abs_bias_over_sigma`` its size; per-dim values are
     ``std_ratio_<d>``, ``bias_over_sigma_<d>``, ``learned_var_<d>``. ``learned_var`` is the
-    largest var, ``proposal_width`` the largest sqrt(var * T) (T = 1 if not given).
+    largest var, ``proposal_width`` the largest sqrt(var * T) (T = 1 if not given). A nan in a
+    dim makes that dim the worst. (Computed on Python floats: it runs every step.)
     """
-    var = np.asarray(var, dtype=np.float64).reshape(-1)
-    ratio = std_ratio(var, truth_std).reshape(-1)
-    bias = bias_over_sigma(mean, truth_mean, truth_std).reshape(-1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        distance = np.abs(np.log(ratio))
-    worst = int(np.argmax(np.where(np.isnan(distance), np.inf, distance)))
-    biggest = int(np.argmax(np.where(np.isnan(bias), np.inf, np.abs(bias))))
+    variances = np.asarray(var, dtype=np.float64).reshape(-1).tolist()
+    ratios = std_ratio(variances, truth_std).reshape(-1).tolist()
+    biases = bias_over_sigma(mean, truth_mean, truth_std).reshape(-1).tolist()
+    dims = range(len(ratios))
+    worst = max(dims, key=lambda d: _log_distance(ratios[d]))
+    biggest = max(dims, key=lambda d: abs(biases[d]) if biases[d] == biases[d] else math.inf)
+    largest_var = float(np.max(variances))
     row: dict = {
-        "std_ratio": float(ratio[worst]),
-        "bias_over_sigma": float(bias[biggest]),
-        "abs_bias_over_sigma": float(abs(bias[biggest])),
-        "regime": "identity" if np.all(np.abs(bias) < 1.0) else "constant",
-        "learned_var": float(np.max(var)),
-        "proposal_width": float(np.max(np.sqrt(var * (1.0 if temperature is None else temperature)))),
+        "std_ratio": ratios[worst],
+        "bias_over_sigma": biases[biggest],
+        "abs_bias_over_sigma": abs(biases[biggest]),
+        "regime": "identity" if all(abs(b) < 1.0 for b in biases) else "constant",
+        "learned_var": largest_var,
+        "proposal_width": math.sqrt(largest_var * (1.0 if temperature is None else temperature))
+        if largest_var >= 0 else math.nan,
     }
-    for d in range(ratio.size):
-        row[f"std_ratio_{d}"] = float(ratio[d])
-        row[f"bias_over_sigma_{d}"] = float(bias[d])
-        row[f"learned_var_{d}"] = float(var[d])
+    for d in dims:
+        row[f"std_ratio_{d}"] = ratios[d]
+        row[f"bias_over_sigma_{d}"] = biases[d]
+        row[f"learned_var_{d}"] = variances[d]
     return row
 
 

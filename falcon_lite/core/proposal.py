@@ -25,8 +25,10 @@ class TemperedProposal:
             raise ValueError(f"proposal mean {self.mean.shape} and var {self.var.shape} differ in shape")
         if not temperature > 0:
             raise ValueError(f"proposal temperature must be > 0, got {temperature!r}")
-        if not np.all(np.isfinite(self.mean)) or not np.all(np.isfinite(self.var)) or np.any(self.var <= 0):
-            raise ValueError("proposal needs a finite mean and a finite positive variance")
+        # one finite sum covers nan/inf in either; min > 0 the sign (built every step: keep it short)
+        if not (math.isfinite(float(self.mean.sum() + self.var.sum())) and self.var.min() > 0):
+            raise ValueError(f"proposal needs a finite mean and a finite positive variance, "
+                             f"got mean={self.mean.tolist()}, var={self.var.tolist()}")
         self.temperature = float(temperature)
         self.std = np.sqrt(self.var * self.temperature)
         self._norm = float(np.sum(np.log(self.std))) + 0.5 * self.mean.size * math.log(2 * math.pi)
@@ -55,11 +57,12 @@ def draw_parameters(prior, proposal: TemperedProposal | None, n: int, n_prior: i
         raise ValueError(f"n_prior must be in [0, n={n}], got {n_prior}")
     if proposal is None:
         n_prior = n
-    theta_prior = prior.sample(n_prior, rng_prior)
-    parts = [theta_prior]
-    if n > n_prior:
-        parts.append(proposal.sample(n - n_prior, rng_proposal))
-    theta = np.concatenate(parts, axis=0) if len(parts) > 1 else theta_prior
+    if n_prior == n:
+        theta = prior.sample(n, rng_prior)
+    elif n_prior == 0:
+        theta = proposal.sample(n, rng_proposal)
+    else:
+        theta = np.concatenate([prior.sample(n_prior, rng_prior), proposal.sample(n - n_prior, rng_proposal)])
     origin = np.full(n, int(Origin.PROPOSAL), dtype=np.int8)
     origin[:n_prior] = int(Origin.PRIOR)
     log_prior = prior.log_prob(theta)
