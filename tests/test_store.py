@@ -355,9 +355,9 @@ def test_purge_respects_readers(engine):
         return store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
 
     append(0)
-    slow = store.mirror("slow")  # at version 1
+    slow = store.mirror("slow", heartbeat_s=0)  # at version 1; every sync records its version
     append(1)  # rows 0, 1 -> TOMBSTONE at version 2
-    fast = store.mirror("fast")
+    fast = store.mirror("fast", heartbeat_s=0)
     assert store.purge() == 0  # "slow" has not seen version 2
     slow.sync()
     assert store.purge() == 2
@@ -375,6 +375,27 @@ def test_purge_respects_readers(engine):
     assert store.purge(reader_timeout_s=0) == 2
     slow.sync()
     assert list(slow.seq) == [6, 7] and list(slow.status) == [1, 1]
+
+
+def reader_versions(engine, run_id):
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT name, version FROM readers WHERE run_id = :r"), {"r": run_id}).all())
+
+
+def test_sync_records_the_reader_version_at_most_every_heartbeat(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
+    rng = np.random.default_rng(7)
+    store.append(*batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
+    lazy = store.mirror("lazy", heartbeat_s=3600)
+    assert reader_versions(engine, run_id) == {"lazy": 1}
+    store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
+    assert lazy.sync() == 4 and lazy.version == 2
+    assert reader_versions(engine, run_id) == {"lazy": 1}  # read-only sync
+    assert store.purge() == 0  # the recorded version protects the tombstones it may not have seen
+    lazy.heartbeat()
+    assert reader_versions(engine, run_id) == {"lazy": 2}
+    assert store.purge() == 2
 
 
 def test_mirror_follows_appends_and_draws_with_the_quota(engine):

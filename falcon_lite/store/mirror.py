@@ -6,7 +6,9 @@ mirror's (new rows and rows that changed status; rows that became TOMBSTONE are
 dropped), so its cost follows the change, not the table. `apply` follows an append
 made in this process from its `AppendResult` without any query. The mirror is a
 registered reader (table ``readers``): `purge` keeps every TOMBSTONE row it has not
-seen. Its recorded version is written by `sync`, `heartbeat` and registration.
+seen. Its recorded version (never ahead of what it holds) is written at registration, by
+`heartbeat`, and by `sync` at most every ``heartbeat_s`` seconds, so most syncs are
+read-only transactions (one snapshot, no commit flush).
 
 `draw` makes a training batch from the trainable pool (TRAINING + DISFAVOURED): the
 whole pool, shuffled, when it holds at most `batch_size` rows; otherwise
@@ -16,6 +18,8 @@ the rest uniformly without replacement from the remaining pool rows.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +30,7 @@ from falcon_lite.store.errors import NotFoundError
 from falcon_lite.store.models import utcnow
 from falcon_lite.store.samples import READERS, RUNS, SAMPLES, TOMBSTONE, AppendResult, SampleStore, check_samples
 
+DEFAULT_HEARTBEAT_S = 1.0
 _VALIDATION = int(Status.VALIDATION)
 _TRAINING = int(Status.TRAINING)
 _PRIOR = int(Origin.PRIOR)
@@ -49,13 +54,15 @@ class Batch:
 class Mirror:
     """A registered in-memory reader of a run's live samples (see the module doc)."""
 
-    def __init__(self, store: SampleStore, name: str) -> None:
+    def __init__(self, store: SampleStore, name: str, heartbeat_s: float = DEFAULT_HEARTBEAT_S) -> None:
         if not name:
             raise ValueError("a mirror needs a non-empty reader name")
         self.store = store
         self.name = str(name)
         self.version = -1
         self.closed = False
+        self.heartbeat_s = heartbeat_s
+        self._written = -math.inf
         with store.writer.begin() as conn:
             version = self._lock_run(conn)
             self._load_all(conn, version)
@@ -64,14 +71,35 @@ class Mirror:
     # -- keeping up -----------------------------------------------------------------------
 
     def sync(self) -> int:
-        """Load the changes since this mirror's version; return how many rows changed."""
+        """Load the changes since this mirror's version; return how many rows changed.
+
+        Reads run in one snapshot and write nothing, except every `heartbeat_s` seconds
+        (the reader's recorded version and liveness) and when the reader was dropped.
+        """
         self._check_open()
-        with self.store.writer.begin() as conn:
-            version = self._lock_run(conn)
+        due = time.monotonic() - self._written >= self.heartbeat_s
+        n = self._sync(write=due)
+        if n is None:  # dropped by purge (stale heartbeat): reload in full under the write lock
+            n = self._sync(write=True)
+        return n
+
+    def _sync(self, write: bool) -> int | None:
+        if write:
+            context = self.store.writer.begin()
+        else:
+            context = self.store.engine.connect()
+            if self.store.postgres:
+                context = context.execution_options(isolation_level="REPEATABLE READ")
+        with context as conn:
+            if not write:
+                conn.begin()
+            version = self._lock_run(conn, lock=write)
             known = conn.execute(
                 select(READERS.c.version).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
             ).first()
-            if known is None:  # dropped by purge (stale heartbeat): its deltas may be gone
+            if known is None:
+                if not write:
+                    return None
                 n = self._load_all(conn, version)
                 self._register(conn)
                 return n
@@ -84,7 +112,10 @@ class Mirror:
                 self._merge(*self._decode(rows))
                 n = len(rows)
                 self.version = version
-            self._write_version(conn)
+            if write:
+                self._write_version(conn)
+            else:
+                conn.commit()
         return n
 
     def apply(self, result: AppendResult, theta, x, origin, log_q, log_prior) -> None:
@@ -171,11 +202,10 @@ class Mirror:
         if self.closed:
             raise RuntimeError(f"mirror {self.name!r} is closed")
 
-    def _lock_run(self, conn: Connection) -> int:
-        """Share-lock the run row (writers wait) and return its version."""
-        row = conn.execute(
-            select(RUNS.c.version).where(RUNS.c.id == self.store.run_id).with_for_update(read=True)
-        ).first()
+    def _lock_run(self, conn: Connection, lock: bool = True) -> int:
+        """The run's version; with `lock`, share-lock the run row first (writers wait)."""
+        stmt = select(RUNS.c.version).where(RUNS.c.id == self.store.run_id)
+        row = conn.execute(stmt.with_for_update(read=True) if lock else stmt).first()
         if row is None:
             raise NotFoundError(f"run {self.store.run_id} not found")
         return int(row[0])
@@ -185,17 +215,17 @@ class Mirror:
         conn.execute(delete(READERS).where(key))
         conn.execute(insert(READERS).values(run_id=self.store.run_id, name=self.name, version=self.version,
                                             heartbeat=utcnow()))
+        self._written = time.monotonic()
 
     def _write_version(self, conn: Connection) -> None:
-        changed = conn.execute(
+        # A reader dropped meanwhile stays absent (0 rows): re-registering is safe only
+        # after a full load, which the next sync does.
+        conn.execute(
             update(READERS)
             .where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
             .values(version=self.version, heartbeat=utcnow())
-        ).rowcount
-        if not changed:
-            # dropped meanwhile: re-registering at our version is safe only after a full
-            # load, so leave the row absent and let the next sync reload.
-            pass
+        )
+        self._written = time.monotonic()
 
     def _load_all(self, conn: Connection, version: int) -> int:
         rows = conn.execute(

@@ -194,10 +194,7 @@ class SampleStore:
             first_seq = next_seq - n_ok
             new_seq = np.arange(first_seq, next_seq, dtype=np.int64)
             new_origin = checked.origin[checked.ok]
-            move_seqs, move_status, new_status = self._rotate_and_update(conn, version, new_seq, new_origin)
-            if n_ok:
-                insert_rows = self._insert_pg if self.postgres else self._insert
-                insert_rows(conn, checked, new_seq, new_status, int(step), version)
+            move_seqs, move_status = self._rotate_and_write(conn, version, new_seq, new_origin, checked, int(step))
         return AppendResult(n_ok, n_bad, first_seq, version, move_seqs, move_status)
 
     def disfavour(self, seqs) -> int:
@@ -219,14 +216,14 @@ class SampleStore:
                 delta[(int(Status.TRAINING), o)] -= 1
                 delta[(int(Status.DISFAVOURED), o)] += 1
             self._add_counts(conn, delta)
-            self._rotate_and_update(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
+            self._rotate_and_write(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
         return len(moved)
 
     def rotate(self) -> int:
         """Apply the policy with the current sizes without appending; return how many rows moved."""
         with self.writer.begin() as conn:
             _, version = self._lock(conn)
-            move_seqs, _, _ = self._rotate_and_update(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
+            move_seqs, _ = self._rotate_and_write(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
         return len(move_seqs)
 
     def purge(self, reader_timeout_s: float = DEFAULT_READER_TIMEOUT_S) -> int:
@@ -260,7 +257,10 @@ class SampleStore:
 
     def composition(self) -> Composition:
         """Counts by (status, origin), purged, rejected and the pool's prior share."""
-        with self.engine.connect() as conn, conn.begin():
+        conn = self.engine.connect()
+        if self.postgres:  # one snapshot for both reads
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn, conn.begin():
             run = conn.execute(
                 select(RUNS.c.purged, RUNS.c.rejected).where(RUNS.c.id == self.run_id)
             ).one_or_none()
@@ -278,11 +278,11 @@ class SampleStore:
         total = sum(c["prior"] + c["proposal"] for c in counts.values()) + int(run.purged)
         return Composition(counts, int(run.purged), int(run.rejected), total, share)
 
-    def mirror(self, name: str):
+    def mirror(self, name: str, heartbeat_s: float = 1.0):
         """Register an in-memory reader of this run's live samples (see `Mirror`)."""
         from falcon_lite.store.mirror import Mirror
 
-        return Mirror(self, name)
+        return Mirror(self, name, heartbeat_s=heartbeat_s)
 
     # -- internals ----------------------------------------------------------------------
 
@@ -299,12 +299,13 @@ class SampleStore:
             raise NotFoundError(f"run {self.run_id} not found")
         return int(row[0]), int(row[1])
 
-    def _rotate_and_update(
-        self, conn: Connection, version: int, new_seq: np.ndarray, new_origin: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rotate the live window plus new rows; update moved old rows and the counts.
+    def _rotate_and_write(
+        self, conn: Connection, version: int, new_seq: np.ndarray, new_origin: np.ndarray,
+        checked: Checked | None = None, step: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rotate the live window plus the new rows; write the moves, the new rows and the counts.
 
-        Returns (moved seqs, their new statuses, final statuses of the new rows).
+        Returns (moved seqs, their new statuses), new rows that left VALIDATION included.
         """
         rows = conn.execute(
             select(SAMPLES.c.seq, SAMPLES.c.status, SAMPLES.c.origin)
@@ -325,13 +326,46 @@ class SampleStore:
         before = np.bincount(2 * status[:n_old].astype(np.int64) + origin64[:n_old], minlength=8)
         delta = Counter({(k // 2, k % 2): int(d) for k, d in enumerate(after - before) if d})
         old_moved = idx < n_old
-        moved = (seq[idx[old_moved]], status[idx[old_moved]], new[old_moved])
+        moves = (seq[idx[old_moved]], status[idx[old_moved]], new[old_moved])
+        new_rows = None
+        if checked is not None and len(new_seq):
+            new_rows = (checked, new_seq, final[n_old:], step)
         if self.postgres:
-            self._update_moves_pg(conn, version, *moved)
+            self._write_pg(conn, version, moves, new_rows, delta)
         else:
-            self._update_moves(conn, version, *moved)
-        self._add_counts(conn, delta)
-        return seq[idx], new, final[n_old:]
+            self._update_moves(conn, version, *moves)
+            if new_rows is not None:
+                self._insert(conn, *new_rows, version)
+            self._add_counts(conn, delta)
+        return seq[idx], new
+
+    def _write_pg(self, conn: Connection, version: int, moves, new_rows, delta: Counter) -> None:
+        """Moves, new rows and counts in ONE statement (data-modifying CTEs over unnest arrays).
+
+        The parts touch disjoint rows, so running them in one snapshot is safe: one round
+        trip instead of three, and no per-row parameters.
+        """
+        seqs, olds, news = moves
+        params: dict[str, Any] = {
+            "run_id": self.run_id, "version": version,
+            "m_seq": seqs.tolist(), "m_old": olds.tolist(), "m_new": news.tolist(),
+            "c_status": [s for s, _ in delta], "c_origin": [o for _, o in delta], "c_n": list(delta.values()),
+        }
+        statement = _PG_WRITE
+        if new_rows is not None:
+            c, new_seq, new_status, step = new_rows
+            ok = c.ok
+            params.update({
+                "step": step, "width": self.dim * self.dtype.itemsize,
+                "seq": new_seq.tolist(), "status": new_status.tolist(), "origin": c.origin[ok].tolist(),
+                "theta": c.theta[ok].tobytes(), "x": c.x[ok].tobytes(),
+                "log_q": c.log_q[ok].tolist(), "log_prior": c.log_prior[ok].tolist(),
+            })
+            statement = _PG_WRITE_INSERT
+        moved, counted = conn.execute(statement, params).one()
+        self._check_changed(moved, len(seqs))
+        if counted != len(delta):
+            raise ConflictError(f"run {self.run_id}: status counts missing ({counted} of {len(delta)} rows)")
 
     def _seq_in(self, seqs) -> ColumnElement[bool]:
         """``seq IN (...)``; on PostgreSQL ``seq = ANY(:array)``, one cached statement for any length."""
@@ -352,17 +386,6 @@ class SampleStore:
                     .values(status=new, version=version)
                 ).rowcount
                 self._check_changed(changed, len(chunk))
-
-    def _update_moves_pg(self, conn: Connection, version: int, seqs, olds, news) -> None:
-        """All moves in one statement joined against ``unnest`` of (seq, old, new) arrays."""
-        if not len(seqs):
-            return
-        changed = conn.execute(
-            _PG_UPDATE_MOVES,
-            {"run_id": self.run_id, "version": version, "seqs": seqs.tolist(), "olds": olds.tolist(),
-             "news": news.tolist()},
-        ).rowcount
-        self._check_changed(changed, len(seqs))
 
     def _check_changed(self, changed: int, expected: int) -> None:
         if changed != expected:
@@ -396,40 +419,34 @@ class SampleStore:
         ]
         conn.execute(insert(SAMPLES), rows)
 
-    def _insert_pg(self, conn: Connection, c: Checked, seq: np.ndarray, status: np.ndarray, step: int,
-                   version: int) -> None:
-        """All new rows in one ``INSERT ... SELECT FROM unnest(arrays)`` statement."""
-        ok = c.ok
-        conn.execute(
-            _PG_INSERT,
-            {
-                "run_id": self.run_id, "step": step, "version": version,
-                "seq": seq.tolist(), "status": status.tolist(), "origin": c.origin[ok].tolist(),
-                "width": self.dim * self.dtype.itemsize,
-                "theta": c.theta[ok].tobytes(), "x": c.x[ok].tobytes(),
-                "log_q": c.log_q[ok].tolist(), "log_prior": c.log_prior[ok].tolist(),
-            },
-        )
 
 
-_PG_UPDATE_MOVES = text(
-    "UPDATE samples AS s SET status = u.new, version = :version "
-    "FROM unnest(CAST(:seqs AS BIGINT[]), CAST(:olds AS SMALLINT[]), CAST(:news AS SMALLINT[])) "
-    "AS u(seq, old, new) "
-    "WHERE s.run_id = :run_id AND s.seq = u.seq AND s.status = u.old"
+# One statement per change on PostgreSQL. theta and x travel as one blob each (rows back to
+# back) and are cut per row on the server: a bytea[] parameter is escaped element by element
+# on the client, ~10x slower.
+_PG_MOVES = (
+    "moved AS (UPDATE samples AS s SET status = m.new, version = :version "
+    "FROM unnest(CAST(:m_seq AS BIGINT[]), CAST(:m_old AS SMALLINT[]), CAST(:m_new AS SMALLINT[])) "
+    "AS m(seq, old, new) "
+    "WHERE s.run_id = :run_id AND s.seq = m.seq AND s.status = m.old RETURNING 1), "
+    "counted AS (UPDATE status_counts AS c SET n = c.n + d.n "
+    "FROM unnest(CAST(:c_status AS SMALLINT[]), CAST(:c_origin AS SMALLINT[]), CAST(:c_n AS BIGINT[])) "
+    "AS d(status, origin, n) "
+    "WHERE c.run_id = :run_id AND c.status = d.status AND c.origin = d.origin RETURNING 1)"
 )
-# theta and x travel as one blob each (rows back to back) and are cut per row on the
-# server: a bytea[] parameter is escaped element by element on the client, ~10x slower.
-_PG_INSERT = text(
-    "INSERT INTO samples (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
+_PG_INSERT = (
+    "inserted AS (INSERT INTO samples (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
     "SELECT :run_id, u.seq, u.status, u.origin, :step, "
     "substring(CAST(:theta AS BYTEA) FROM CAST((u.i - 1) * :width + 1 AS INTEGER) FOR :width), "
     "substring(CAST(:x AS BYTEA) FROM CAST((u.i - 1) * :width + 1 AS INTEGER) FOR :width), "
     "u.log_q, u.log_prior, :version "
     "FROM unnest(CAST(:seq AS BIGINT[]), CAST(:status AS SMALLINT[]), CAST(:origin AS SMALLINT[]), "
     "CAST(:log_q AS FLOAT8[]), CAST(:log_prior AS FLOAT8[])) WITH ORDINALITY "
-    "AS u(seq, status, origin, log_q, log_prior, i)"
+    "AS u(seq, status, origin, log_q, log_prior, i) RETURNING 1)"
 )
+_PG_SELECT = " SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM counted)"
+_PG_WRITE = text("WITH " + _PG_MOVES + _PG_SELECT)
+_PG_WRITE_INSERT = text("WITH " + _PG_MOVES + ", " + _PG_INSERT + _PG_SELECT)
 
 
 def _chunks(values) -> list:
