@@ -17,6 +17,10 @@ from falcon_lite.core.training import set_lr, train_step
 from falcon_lite.engine.state import BATCH, NOISE, PRIOR, PROPOSAL, RunState, rng
 
 
+class RunDiverged(RuntimeError):
+    """The estimate became non-finite (or its variance zero): the run cannot go on."""
+
+
 @dataclass
 class Proposed:
     """Parameters drawn for one step, with where each came from."""
@@ -37,7 +41,10 @@ def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] |
     """The posterior (mean, var) at x_obs that steers step `step`; None during the prior-only warm-up."""
     if step < state.config.training.warmup_steps:
         return None
-    return state.estimator.posterior(state.simulator.x_obs)
+    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var > 0)):
+        raise RunDiverged(f"step {step}: posterior at x_obs has mean {mean} and variance {var}")
+    return mean, var
 
 
 def propose_from(state: RunState, step: int, posterior: tuple | None) -> Proposed:
@@ -96,8 +103,13 @@ def train_and_diagnose(state: RunState, store, mirror, step: int) -> dict | None
 
 
 def train(state: RunState, mirror, step: int) -> dict:
-    """One optimizer step on a batch drawn from the mirror of the trainable pool."""
+    """One optimizer step on a batch drawn from the mirror of the trainable pool.
+
+    While the pool is still empty (VALIDATION fills first) there is nothing to train on.
+    """
     cfg = state.config
+    if mirror.trainable_size == 0:
+        return {"loss": float("nan"), "ess": 1.0}
     set_lr(state.optimizer, state.lr(step))
     batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), cfg.buffer.prior_fraction)
     validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None

@@ -48,6 +48,7 @@ def run_job(job: dict) -> dict:
     import torch
 
     from falcon_lite.engine.inline import run_inline
+    from falcon_lite.engine.loop import RunDiverged
     from falcon_lite.store import runs
     from falcon_lite.store.db import make_engine, migrate, session_factory
 
@@ -61,14 +62,24 @@ def run_job(job: dict) -> dict:
         try:
             with session_factory(engine).begin() as session:
                 run_id = runs.create_run(session, config).id
-            run_inline(engine, run_id)
+            try:
+                run_inline(engine, run_id)
+            except RunDiverged:
+                pass  # recorded as failed on the run; its metrics so far say `diverged`
             with session_factory(engine).begin() as session:
                 rows = runs.metrics_since(session, run_id, names=list(SERIES), limit=None)
         finally:
             engine.dispose()
     steps = np.array([r["step"] for r in rows])
     series = {name: np.array([np.nan if r.get(name) is None else r[name] for r in rows]) for name in SERIES}
-    outcome, converged, exploded, max_after = classify_outcome(steps, series["std_ratio"], series["abs_bias_over_sigma"])
+    if rows:
+        outcome, converged, exploded, max_after = classify_outcome(
+            steps, series["std_ratio"], series["abs_bias_over_sigma"]
+        )
+    else:
+        outcome, converged, exploded, max_after = "diverged", None, None, None
+    if not rows or rows[-1]["step"] < config.training.steps - 1:
+        outcome = "diverged"  # the run stopped early: its estimate went non-finite
     return {
         "overrides": job["overrides"],
         "seed": job["seed"],
