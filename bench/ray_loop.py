@@ -1,0 +1,144 @@
+"""The Ray runtime against the inline runtime and a bare torch loop (issue 4's target).
+
+Config (falcon-comparable): `exp_noise` 3-D, MLP 3x128, batch 128, rolling buffer
+min=max=1024 training, 256 validation, 128 new simulations per step, PostgreSQL.
+All three run in this process's session, one after another, on the same machine:
+
+- ray: RunControl on a local Ray instance (supervisor, trainer, sampler, 2 simulators);
+  steps/s and simulations/s measured from the run's progress in the database, after
+  the first 10% of steps (start-up excluded);
+- inline: the same run with the inline runtime;
+- bare loop: the same network, batch and optimizer on in-memory data.
+
+Target: ray steps/s >= 0.7 x bare loop steps/s, and simulation keeping up with training.
+
+    .venv/bin/python bench/ray_loop.py [--steps 600]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+import uuid
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import numpy as np
+import sqlalchemy as sa
+import torch
+
+from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.store import runs
+from falcon_lite.store.db import make_engine, migrate, session_factory
+
+PG_ADMIN = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+OVERRIDES = {
+    "simulator.name": "exp_noise",
+    "estimator.hidden": [128, 128, 128],
+    "training.batch_size": 128,
+    "buffer.min_training": 1024,
+    "buffer.max_training": 1024,
+    "buffer.validation_size": 256,
+    "buffer.simulations_per_step": 128,
+    "runtime.simulators": 2,
+}
+
+
+def rate(samples: list[tuple[float, int]], skip: int) -> float:
+    """Steps per second over the samples after step `skip`."""
+    kept = [(t, s) for t, s in samples if s >= skip]
+    (t0, s0), (t1, s1) = kept[0], kept[-1]
+    return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+
+
+def bench_ray(url: str, config: RunConfig) -> float:
+    import ray
+
+    from falcon_lite.runtime.control import RunControl
+    from falcon_lite.settings import Settings
+
+    tmp = tempfile.mkdtemp(prefix="flr-ray-", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="falcon-lite", _temp_dir=tmp)
+    try:
+        control = RunControl(Settings(), database_url=url)
+        run_id = control.create(config)
+        samples = []
+        while True:
+            with control.sessions.begin() as s:
+                run = runs.get_run(s, run_id)
+                samples.append((time.perf_counter(), run.step))
+            if run.status not in ("pending", "running", "stopping"):
+                break
+            time.sleep(0.25)
+        control.close()
+        assert run.status == "completed", run.reason
+        return rate(samples, config.training.steps // 10)
+    finally:
+        ray.shutdown()
+
+
+def bench_inline(url: str, config: RunConfig) -> float:
+    from falcon_lite.engine.inline import run_inline
+
+    engine = make_engine(url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, config).id
+    samples = []
+    run_inline(engine, run_id, on_step=lambda step, row: samples.append((time.perf_counter(), step)))
+    engine.dispose()
+    return rate(samples, config.training.steps // 10)
+
+
+def bench_bare(config: RunConfig) -> float:
+    dims, layers, width = 3, [], 3
+    for h in config.estimator.hidden:
+        layers += [torch.nn.Linear(width, h, dtype=torch.float64), torch.nn.Tanh()]
+        width = h
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, dims, dtype=torch.float64))
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    theta = torch.randn(1024, dims, dtype=torch.float64)
+    x = torch.exp(theta) + 1e-6 * torch.randn_like(theta)
+    steps = config.training.steps
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, 1024, (128,))
+        loss = torch.mean((net(x[idx]) - theta[idx]) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return steps / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=600)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    config = with_overrides(RunConfig(), {**OVERRIDES, "training.steps": args.steps,
+                                          "training.warmup_steps": args.steps // 5})
+    name = f"flr_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        bare = bench_bare(config)
+        inline = bench_inline(url, config)
+        on_ray = bench_ray(url, config)
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    n = config.buffer.simulations_per_step
+    print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, rolling 1024/256, {n} sims/step, PostgreSQL, {args.steps} steps")
+    print(f"{'runtime':10} {'steps/s':>9} {'sims/s':>9} {'vs bare':>8}")
+    for label, value in (("bare loop", bare), ("inline", inline), ("ray", on_ray)):
+        print(f"{label:10} {value:9.1f} {value * n if label != 'bare loop' else float('nan'):9.0f} {value / bare:8.2f}")
+    print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
+
+
+if __name__ == "__main__":
+    main()
