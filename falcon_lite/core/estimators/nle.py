@@ -73,7 +73,10 @@ class GaussianNLE(nn.Module):
             value = f(theta).detach()
             for _ in range(MAX_NEWTON_STEPS):
                 grad = jacobian(f, theta)
-                step = torch.linalg.solve(self._curvature(f, theta, precision), grad)
+                try:
+                    step = torch.linalg.solve(self._curvature(f, theta, precision), grad)
+                except torch.linalg.LinAlgError:
+                    break  # singular curvature: keep the best point found so far
                 t, accepted = 1.0, False
                 while t > 1e-12:
                     candidate = theta - t * step
@@ -88,7 +91,11 @@ class GaussianNLE(nn.Module):
                 theta, value = candidate, new_value
                 if moved <= 1e-13 * (1.0 + theta.abs().max()):
                     break
-            var = torch.linalg.inv(self._curvature(f, theta, precision)).diagonal()
+            curvature = self._curvature(f, theta, precision)
+            try:
+                var = torch.linalg.inv(curvature).diagonal()
+            except torch.linalg.LinAlgError:
+                var = 1.0 / curvature.diagonal()
         return theta.detach(), var.detach()
 
     def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
