@@ -105,11 +105,13 @@ class Mirror:
                 return n
             n = 0
             if version > self.version:
+                # no ORDER BY: SQLite would walk the primary key (the whole run) to avoid a sort
                 rows = conn.execute(
                     select(*_COLUMNS).where(SAMPLES.c.run_id == self.store.run_id, SAMPLES.c.version > self.version)
-                    .order_by(SAMPLES.c.seq)
                 ).all()
-                self._merge(*self._decode(rows))
+                delta = self._decode(rows)
+                order = np.argsort(delta[0], kind="stable")
+                self._merge(*(a[order] for a in delta))
                 n = len(rows)
                 self.version = version
             if write:

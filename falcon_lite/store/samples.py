@@ -4,13 +4,15 @@ Every change runs in one transaction that first locks the run's row (``UPDATE ru
 on both databases; ``BEGIN IMMEDIATE`` on SQLite), so writers to one run serialize and
 each change gets the next run ``version``. A change:
 
-1. inserts the new rows (statuses computed below) with fresh ``seq`` numbers,
-2. reads the live window (``status < TOMBSTONE``, oldest first; a partial index),
-3. applies `falcon_lite.core.policy.rotate` to the window plus the new rows (new rows
-   enter as VALIDATION; one promoted or evicted in the same change is inserted with its
-   final status, which is the same history collapsed into one transaction),
-4. updates the moved rows with ``WHERE status = old`` so a status never moves backwards,
-5. adjusts ``status_counts`` so `composition` never scans ``samples``.
+1. reads the live window (``status < TOMBSTONE``, oldest first; a partial index),
+2. applies the policy (`falcon_lite.core.policy.rotate`, computed by the equivalent
+   `falcon_lite.store.rotation.rotate_arrays`) to the window plus the new rows, which
+   enter as VALIDATION with fresh ``seq`` numbers,
+3. updates the moved rows with ``WHERE status = old`` (so no status moves backwards),
+   inserts the new rows with their status after the rotation (a new row promoted or
+   evicted at once is the same history collapsed into one transaction), and adjusts
+   ``status_counts`` so `composition` never scans ``samples``. On PostgreSQL these three
+   writes are one statement; on SQLite, a few.
 
 Rows whose theta or x hold NaN/inf (or whose log_q/log_prior is NaN) are not stored;
 they are counted in ``runs.rejected``. Readers (`falcon_lite.store.mirror.Mirror`)
@@ -29,10 +31,11 @@ import numpy as np
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, any_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from falcon_lite.core.policy import TRAINABLE, Live, Origin, Sizes, Status, rotate
+from falcon_lite.core.policy import TRAINABLE, Origin, Sizes, Status
 from falcon_lite.store.db import check_schema, writer
 from falcon_lite.store.errors import ConflictError, InvalidSampleError, NotFoundError
 from falcon_lite.store.models import Reader, Run, Sample, StatusCount, utcnow
+from falcon_lite.store.rotation import rotate_arrays
 
 RUNS = Run.__table__
 SAMPLES = Sample.__table__
@@ -42,7 +45,6 @@ TOMBSTONE = int(Status.TOMBSTONE)
 ORIGIN_NAMES = {Origin.PRIOR: "prior", Origin.PROPOSAL: "proposal"}
 DEFAULT_READER_TIMEOUT_S = 600.0
 _IN_CHUNK = 5000  # seqs per UPDATE ... WHERE seq IN (...), well under SQLite's variable limit
-_LIVE = {(int(s), int(o)): Live(s, o) for s in Status for o in Origin}
 
 
 @dataclass(frozen=True)
@@ -139,17 +141,6 @@ def check_samples(theta, x, origin, log_q, log_prior, dim: int, dtype: np.dtype)
         & ~np.isnan(vectors["log_prior"])
     )
     return Checked(arrays["theta"], arrays["x"], origin, vectors["log_q"], vectors["log_prior"], ok)
-
-
-def rotate_window(status: np.ndarray, origin: np.ndarray, sizes: Sizes) -> tuple[np.ndarray, np.ndarray]:
-    """`policy.rotate` over a window given as arrays: (indices that move, their new statuses)."""
-    live = [_LIVE[key] for key in zip(status.tolist(), origin.tolist())]
-    moves = rotate(live, sizes)
-    if not moves:
-        return np.empty(0, np.int64), np.empty(0, np.int8)
-    idx = np.fromiter(moves.keys(), np.int64, len(moves))
-    new = np.fromiter((int(s) for s in moves.values()), np.int8, len(moves))
-    return idx, new
 
 
 class SampleStore:
@@ -317,7 +308,7 @@ class SampleStore:
         seq = np.concatenate([old[:, 0], new_seq])
         status = np.concatenate([old[:, 1].astype(np.int8), np.zeros(len(new_seq), np.int8)])
         origin = np.concatenate([old[:, 2].astype(np.int8), new_origin.astype(np.int8)])
-        idx, new = rotate_window(status, origin, self.sizes)
+        idx, new = rotate_arrays(status, origin, self.sizes)
         final = status.copy()
         final[idx] = new
         # counts: all rows after (new rows included) minus the old rows before
