@@ -12,7 +12,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from falcon_lite.config import RunConfig
-from falcon_lite.engine.loop import ingest, propose, simulate, sizes_of, train_and_diagnose
+from falcon_lite.engine.loop import held_out, ingest, propose, simulate, sizes_of, train_and_diagnose
 from falcon_lite.engine.state import RunState, new_state, restore
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
@@ -32,6 +32,7 @@ class Recorder:
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self.last_flush = time.monotonic()
         self.regime: float | None = None
+        self.alarm: float | None = None
 
     def add(self, row: dict, step: int) -> None:
         self.rows.append(row)
@@ -51,7 +52,15 @@ class Recorder:
         self.last_flush = time.monotonic()
 
     def _regime_events(self, session, rows: list[dict]) -> None:
+        """Events when the run changes regime (by the truth) or the alarm flips (without it)."""
         for row in rows:
+            alarm = row.get("alarm")
+            if alarm is not None and alarm != self.alarm:
+                if alarm or self.alarm is not None:
+                    state = "raised" if alarm else "cleared"
+                    runs.add_event(session, self.run_id, "alarm",
+                                   {"step": row["step"], "alarm": state, "alarm_ema": row.get("alarm_ema")})
+                self.alarm = alarm
             regime = row.get("constant_regime")
             if regime is not None and regime != self.regime:
                 if self.regime is not None:
@@ -135,5 +144,6 @@ def run_inline(
 def step_once(state: RunState, store: SampleStore, mirror, step: int) -> dict | None:
     """propose -> simulate -> store -> train -> diagnose, for one step; returns its metrics row."""
     proposed = propose(state, state.next_proposal)
-    ingest(state, store, mirror, proposed, simulate(state.simulator, proposed, state.seed))
-    return train_and_diagnose(state, store, mirror, step)
+    x = simulate(state.simulator, proposed, state.seed)
+    ingest(state, store, mirror, proposed, x)
+    return train_and_diagnose(state, store, mirror, step, held_out(state, proposed, x))

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from falcon_lite.core import diagnostics
+from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
 from falcon_lite.core.training import set_lr, train_step
@@ -87,9 +88,32 @@ def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
     return result
 
 
-def train_and_diagnose(state: RunState, store, mirror, step: int) -> dict | None:
+def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
+    """Ground-truth-free checks on a fresh batch before it is trained on: the explosion
+    alarm (core/alarm.py) and the expected coverage of the current posterior.
+
+    Only for the NPE estimator (an NLE posterior at every x would need a MAP fit each).
+    """
+    if state.config.estimator.name != "gaussian_ema":
+        return {}
+    keep = (proposed.origin == Origin.PROPOSAL) & np.all(np.isfinite(x), axis=1)
+    if np.count_nonzero(keep) < 2:
+        return {}
+    theta, x = proposed.theta[keep], x[keep]
+    with torch.no_grad():
+        mean, _ = state.estimator.posterior_batch(x)
+    z = float(np.max(alarm.residual_z(theta, mean)))
+    state.alarm_ema = alarm.smooth(state.alarm_ema, z)
+    row = {"alarm_z": z, "alarm_ema": state.alarm_ema, "alarm": float(state.alarm_ema > alarm.THRESHOLD)}
+    with torch.no_grad():
+        coverage = diagnostics.expected_coverage(state.estimator, theta, x)
+    row.update({k: v for k, v in coverage.items() if k.count("_") == 1})
+    return row
+
+
+def train_and_diagnose(state: RunState, store, mirror, step: int, checks: dict | None = None) -> dict | None:
     """Disfavour stale proposal samples, take one optimizer step, and return the metrics row
-    when diagnostics are due."""
+    (with the held-out `checks` of the step's fresh batch) when diagnostics are due."""
     seqs = disfavoured(state, mirror, step)
     if len(seqs):
         store.disfavour(seqs)
@@ -98,7 +122,9 @@ def train_and_diagnose(state: RunState, store, mirror, step: int) -> dict | None
     state.step = step + 1
     every = state.config.training.diagnostics_every
     if step % every == 0 or state.step == state.config.training.steps:
-        return diagnose(state, step, stats, mirror)
+        row = diagnose(state, step, stats, mirror)
+        row.update(checks or {})
+        return row
     return None
 
 

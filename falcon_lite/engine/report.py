@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 OUTCOMES = ("calibrated", "exploded", "miscalibrated", "diverged")
-PLOTS = {"std_ratio": "std_ratio.png", "abs_bias_over_sigma": "bias_over_sigma.png"}
+PLOTS = {"std_ratio": "std_ratio.png", "abs_bias_over_sigma": "bias_over_sigma.png", "alarm_ema": "alarm.png"}
 
 
 def point_label(overrides: dict) -> str:
@@ -28,10 +28,18 @@ def _median(values) -> str:
     return f"{np.median(values):.4g}" if values else "-"
 
 
+def _alarm_lead(row: dict) -> int | None:
+    """Steps between the alarm and the explosion (positive: the alarm came first)."""
+    if row.get("alarm_step") is None or row.get("explosion_step") is None:
+        return None
+    return row["explosion_step"] - row["alarm_step"]
+
+
 def table(results: list[dict], series: list[dict]) -> str:
     """One row per grid point, aggregated over its seeds."""
     head = ["grid point", "seeds", *OUTCOMES, "median final std_ratio", "median final abs bias/sigma",
-            "median converged step", "median explosion step", "mean wall s"]
+            "median converged step", "median explosion step", "alarm fired", "alarm before explosion",
+            "median alarm lead (steps)", "final coverage 68%", "mean wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, members in group(results, series).items():
         rows = [r for r, _ in members]
@@ -42,6 +50,10 @@ def table(results: list[dict], series: list[dict]) -> str:
             _median(r["final_abs_bias_over_sigma"] for r in rows),
             _median(r["converged_step"] for r in rows),
             _median(r["explosion_step"] for r in rows),
+            str(sum(r.get("alarm_step") is not None for r in rows)),
+            str(sum(_alarm_lead(r) is not None and _alarm_lead(r) > 0 for r in rows)),
+            _median(_alarm_lead(r) for r in rows),
+            _median(r.get("final_coverage_68") for r in rows),
             f"{np.mean([r['wall_seconds'] for r in rows]):.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -73,7 +85,7 @@ def plot(out_dir: Path, results: list[dict], series: list[dict]) -> list[str]:
             ax.legend(fontsize=6)
         for ax in axes.flat[n:]:
             ax.set_visible(False)
-        axes[0][0].set_ylabel(name.replace("abs_bias_over_sigma", "|bias| / sigma"))
+        axes[0][0].set_ylabel({"abs_bias_over_sigma": "|bias| / sigma", "alarm_ema": "alarm (smoothed z)"}.get(name, name))
         fig.tight_layout()
         fig.savefig(out_dir / filename, dpi=90)
         plt.close(fig)

@@ -42,6 +42,7 @@ class RunState:
     next_proposal: int = 0  # the step index of the next batch of simulations
     drawn_prior: int = 0
     drawn_total: int = 0
+    alarm_ema: float | None = None  # the explosion alarm's moving average (core/alarm.py)
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
 
     @property
@@ -59,6 +60,7 @@ class RunState:
                 "step": self.step,
                 "drawn_prior": self.drawn_prior,
                 "drawn_total": self.drawn_total,
+                "alarm_ema": self.alarm_ema,
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
@@ -88,4 +90,5 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.step = state.next_proposal = saved["step"]
     state.drawn_prior = saved["drawn_prior"]
     state.drawn_total = saved["drawn_total"]
+    state.alarm_ema = saved.get("alarm_ema")
     return state

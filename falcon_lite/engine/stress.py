@@ -23,7 +23,8 @@ import numpy as np
 from falcon_lite.config import RunConfig, with_overrides
 from falcon_lite.core.diagnostics import classify_outcome
 
-SERIES = ("std_ratio", "abs_bias_over_sigma")
+SERIES = ("std_ratio", "abs_bias_over_sigma", "alarm_ema")
+COVERAGE = ("coverage_50", "coverage_68", "coverage_95")
 
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -67,7 +68,7 @@ def run_job(job: dict) -> dict:
             except RunDiverged:
                 pass  # recorded as failed on the run; its metrics so far say `diverged`
             with session_factory(engine).begin() as session:
-                rows = runs.metrics_since(session, run_id, names=list(SERIES), limit=None)
+                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, "alarm"], limit=None)
         finally:
             engine.dispose()
     steps = np.array([r["step"] for r in rows])
@@ -80,6 +81,8 @@ def run_job(job: dict) -> dict:
         outcome, converged, exploded, max_after = "diverged", None, None, None
     if not rows or rows[-1]["step"] < config.training.steps - 1:
         outcome = "diverged"  # the run stopped early: its estimate went non-finite
+    alarm_steps = [r["step"] for r in rows if r.get("alarm")]
+    coverage = {f"final_{k}": _mean_last([r.get(k) for r in rows], 100) for k in COVERAGE}
     return {
         "overrides": job["overrides"],
         "seed": job["seed"],
@@ -91,8 +94,16 @@ def run_job(job: dict) -> dict:
         "max_std_ratio_after_convergence": max_after,
         "steps": int(config.training.steps),
         "wall_seconds": round(time.perf_counter() - started, 3),
+        "alarm_step": alarm_steps[0] if alarm_steps else None,
+        **coverage,
         "_series": {"step": steps.tolist(), **{k: [_finite_or_none(v) for v in s] for k, s in series.items()}},
     }
+
+
+def _mean_last(values: list, n: int) -> float | None:
+    """Mean of the last n finite values (coverage of one batch is noisy)."""
+    finite = [v for v in values[-n:] if v is not None and np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 def _finite_or_none(value) -> float | None:

@@ -98,7 +98,8 @@ class Trainer:
         state, cfg = self.state, self.state.config
         step = state.step
         loop.ingest(state, self.store, self.mirror, proposed, x)
-        row = loop.train_and_diagnose(state, self.store, self.mirror, step)
+        checks = loop.held_out(state, proposed, x)
+        row = loop.train_and_diagnose(state, self.store, self.mirror, step, checks)
         if row is not None:
             self.recorder.add(row, state.step)
         if state.step % cfg.training.checkpoint_every == 0:
