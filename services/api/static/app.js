@@ -2,10 +2,12 @@
 // Plain JS on top of the REST API (v1); charts are uPlot (vendor/, MIT).
 "use strict";
 
-const STATUSES = ["VALIDATION", "TRAINING", "DISFAVOURED", "TOMBSTONE"];
+// The chart stacks the live buffer; tombstoned and purged samples are counted below it
+// (they grow without bound and would flatten the live layers).
+const STATUSES = ["VALIDATION", "TRAINING", "DISFAVOURED"];
 const ORIGINS = ["prior", "proposal"];
 const LAYERS = STATUSES.flatMap((s) => ORIGINS.map((o) => [s, o]));
-const LAYER_COLORS = ["#9ecae1", "#3182bd", "#a1d99b", "#31a354", "#fdae6b", "#e6550d", "#bcbddc", "#756bb1"];
+const LAYER_COLORS = ["#9ecae1", "#3182bd", "#a1d99b", "#31a354", "#fdae6b", "#e6550d"];
 const MAX_POINTS = 4000;
 
 // State the browser test reads: the selected run and the data each chart holds.
@@ -138,12 +140,18 @@ async function createRun(event) {
 }
 
 // ---- charts -------------------------------------------------------------------------
+function tick(v) {
+  if (v === null || v === undefined) return "";
+  const a = Math.abs(v);
+  return a !== 0 && (a >= 1e4 || a < 1e-2) ? v.toExponential(0) : String(+v.toPrecision(3));
+}
+
 function logChart(target, label, color) {
   const opts = {
     width: 440, height: 240,
     scales: { x: { time: false }, y: { distr: 3, log: 10 } },
-    series: [{ label: "step" }, { label, stroke: color, width: 1.5, spanGaps: true }],
-    axes: [{ label: "step" }, { size: 70 }],
+    series: [{ label: "step" }, { label, stroke: color, width: 1.5, spanGaps: true, points: { show: false } }],
+    axes: [{ label: "step" }, { size: 60, values: (u, vals) => vals.map(tick) }],
     legend: { show: true },
   };
   return new uPlot(opts, [[], []], target);
@@ -154,9 +162,11 @@ function bufferChart(target) {
   // Drawn as cumulative sums, largest first, so each fill shows one layer of the stack.
   for (let i = LAYERS.length - 1; i >= 0; i--) {
     const [s, o] = LAYERS[i];
-    series.push({ label: `${s.toLowerCase()} ${o}`, stroke: LAYER_COLORS[i], fill: LAYER_COLORS[i], width: 1 });
+    series.push({ label: `${s.toLowerCase()} ${o}`, stroke: LAYER_COLORS[i], fill: LAYER_COLORS[i], width: 1,
+                  points: { show: false } });
   }
-  const opts = { width: 440, height: 240, scales: { x: { time: false } }, series, axes: [{ label: "step" }, { size: 60 }] };
+  const opts = { width: 440, height: 240, scales: { x: { time: false } }, series,
+                 axes: [{ label: "step" }, { size: 60, values: (u, vals) => vals.map(tick) }] };
   return new uPlot(opts, [[], ...LAYERS.map(() => [])], target);
 }
 
@@ -202,8 +212,13 @@ function onDiagnostics(payload) {
     s.bias.push(positive(bias));
   }
   if (payload.buffer && payload.rows.length) {
+    const b = payload.buffer;
     s.bufferSteps.push(payload.rows[payload.rows.length - 1].step);
-    for (const [st, o] of LAYERS) s.buffer[`${st}/${o}`].push((payload.buffer.counts[st] || {})[o] || 0);
+    for (const [st, o] of LAYERS) s.buffer[`${st}/${o}`].push((b.counts[st] || {})[o] || 0);
+    const tomb = b.counts.TOMBSTONE || { prior: 0, proposal: 0 };
+    const share = b.prior_share_trainable === null ? "–" : b.prior_share_trainable.toFixed(3);
+    $("#buffer-summary").textContent = `prior share of the trainable pool ${share} (quota ${b.prior_fraction}); ` +
+      `tombstone ${tomb.prior + tomb.proposal}, purged ${b.purged}, total ever ${b.total}`;
   }
   thin(s);
   $("#detail-step").textContent = `step ${s.steps[s.steps.length - 1]}`;
