@@ -9,8 +9,9 @@ prior(theta) * likelihood(x_obs | theta): the MAP of
 
 found by damped Newton steps (the Hessian from ``torch.autograd.functional.hessian``; the
 Gauss-Newton matrix J^T diag(1/var) J + prior curvature where the Hessian is not positive
-definite), started from the previous MAP (kept in the state dict) or the prior mean; the
-posterior variance is the diagonal of the inverse of that matrix at the MAP.
+definite), started from the previous MAP (kept in the state dict) or the prior mean, until the
+Newton decrement grad^T H^-1 grad falls below 1e-12; the posterior variance is the diagonal of
+the inverse of that matrix at the MAP.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.autograd.functional import hessian, jacobian
 from falcon_lite.core.estimators.common import gaussian_sample, head_from_config
 
 MAX_NEWTON_STEPS = 50
+NEWTON_DECREMENT_TOL = 1e-12  # stop when grad^T H^-1 grad (twice the predicted gain, nats) is below
 
 
 class GaussianNLE(nn.Module):
@@ -71,12 +73,16 @@ class GaussianNLE(nn.Module):
         f, precision = self._objective(x_t)
         with torch.enable_grad():
             value = f(theta).detach()
+            curvature = None  # the curvature at the current theta, once computed
             for _ in range(MAX_NEWTON_STEPS):
                 grad = jacobian(f, theta)
+                curvature = self._curvature(f, theta, precision)
                 try:
-                    step = torch.linalg.solve(self._curvature(f, theta, precision), grad)
+                    step = torch.linalg.solve(curvature, grad)
                 except torch.linalg.LinAlgError:
                     break  # singular curvature: keep the best point found so far
+                if float(grad @ step) < NEWTON_DECREMENT_TOL:
+                    break  # predicted gain negligible: theta is the MAP (a warm start usually is)
                 t, accepted = 1.0, False
                 while t > 1e-12:
                     candidate = theta - t * step
@@ -88,10 +94,11 @@ class GaussianNLE(nn.Module):
                 if not accepted:
                     break
                 moved = (t * step).abs().max()
-                theta, value = candidate, new_value
+                theta, value, curvature = candidate, new_value, None
                 if moved <= 1e-13 * (1.0 + theta.abs().max()):
                     break
-            curvature = self._curvature(f, theta, precision)
+            if curvature is None:
+                curvature = self._curvature(f, theta, precision)
             try:
                 var = torch.linalg.inv(curvature).diagonal()
             except torch.linalg.LinAlgError:
