@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.ray]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-WAIT_S = 180
+WAIT_S = 300  # generous: the machine may be shared and heavily loaded
 
 
 @pytest.fixture(scope="module")
