@@ -392,10 +392,28 @@ def test_sync_records_the_reader_version_at_most_every_heartbeat(engine):
     store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
     assert lazy.sync() == 4 and lazy.version == 2
     assert reader_versions(engine, run_id) == {"lazy": 1}  # read-only sync
-    assert store.purge() == 0  # the recorded version protects the tombstones it may not have seen
+    other = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)  # e.g. another process
+    assert other.purge() == 0  # the recorded version protects the tombstones it may not have seen
     lazy.heartbeat()
     assert reader_versions(engine, run_id) == {"lazy": 2}
-    assert store.purge() == 2
+    assert other.purge() == 2
+
+
+def test_purge_frees_what_a_mirror_in_this_process_has_applied(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
+    rng = np.random.default_rng(8)
+    trainer = store.mirror("trainer", heartbeat_s=3600)
+    for step in range(3):
+        arrays = batch(rng, 2)
+        trainer.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+    assert reader_versions(engine, run_id) == {"trainer": 0}
+    other = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
+    assert other.purge() == 0  # another store object does not know the mirror
+    assert store.purge() == 4  # the mirror's version is recorded first
+    assert reader_versions(engine, run_id) == {"trainer": 3}
+    trainer.sync()
+    assert list(trainer.seq) == [4, 5]
 
 
 def test_mirror_follows_appends_and_draws_with_the_quota(engine):

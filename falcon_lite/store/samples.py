@@ -21,6 +21,7 @@ load only rows whose ``version`` is newer than theirs.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
@@ -164,6 +165,7 @@ class SampleStore:
         self.sizes = sizes
         self.dim = dim
         self.postgres = engine.dialect.name == "postgresql"
+        self._mirrors: weakref.WeakSet = weakref.WeakSet()
         with engine.connect() as conn:
             if conn.execute(select(RUNS.c.id).where(RUNS.c.id == self.run_id)).first() is None:
                 raise NotFoundError(f"run {run_id} not found")
@@ -220,12 +222,20 @@ class SampleStore:
     def purge(self, reader_timeout_s: float = DEFAULT_READER_TIMEOUT_S) -> int:
         """Delete TOMBSTONE rows no reader can still hold; return how many were deleted.
 
-        Readers whose heartbeat is older than `reader_timeout_s` are dropped first (a
-        dropped mirror reloads in full on its next sync). With no readers left, every
-        TOMBSTONE row goes.
+        Mirrors made by this store object first record the version they hold (so a mirror
+        kept current with `Mirror.apply` alone never blocks purging). Readers whose
+        heartbeat is older than `reader_timeout_s` are then dropped (a dropped mirror
+        reloads in full on its next sync). With no readers left, every TOMBSTONE row goes.
         """
         with self.writer.begin() as conn:
             self._lock(conn, bump=False)
+            for mirror in list(self._mirrors):  # this process's mirrors: record what they hold
+                if not mirror.closed:
+                    conn.execute(
+                        update(READERS)
+                        .where(READERS.c.run_id == self.run_id, READERS.c.name == mirror.name)
+                        .values(version=mirror.version, heartbeat=utcnow())
+                    )
             cutoff = utcnow() - timedelta(seconds=reader_timeout_s)
             conn.execute(delete(READERS).where(READERS.c.run_id == self.run_id, READERS.c.heartbeat < cutoff))
             floor = conn.execute(
@@ -273,7 +283,9 @@ class SampleStore:
         """Register an in-memory reader of this run's live samples (see `Mirror`)."""
         from falcon_lite.store.mirror import Mirror
 
-        return Mirror(self, name, heartbeat_s=heartbeat_s)
+        mirror = Mirror(self, name, heartbeat_s=heartbeat_s)
+        self._mirrors.add(mirror)
+        return mirror
 
     # -- internals ----------------------------------------------------------------------
 
