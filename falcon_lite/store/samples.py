@@ -378,58 +378,15 @@ class SampleStore:
         return SAMPLES.c.seq.in_(values)
 
     def _update_moves(self, conn: Connection, version: int, seqs, olds, news) -> None:
-        """SQLite: one driver-level executemany (a C loop), each row guarded by its old status."""
-        if not len(seqs):
-            return
-        rows = [(t, version, self.run_id, q, o) for q, o, t in zip(seqs.tolist(), olds.tolist(), news.tolist())]
-        changed = conn.exec_driver_sql(_SQLITE_UPDATE_MOVE, rows).rowcount
-        self._check_changed(changed, len(rows))
-
-    def _write_pg(self, conn: Connection, version: int, moves, new_rows, delta: Counter) -> None:
-        """Moves, new rows and counts in ONE statement (data-modifying CTEs over unnest arrays).
-
-        The parts touch disjoint rows, so running them in one snapshot is safe: one round
-        trip instead of three, and no per-row parameters.
-        """
-        seqs, olds, news = moves
-        params: dict[str, Any] = {
-            "run_id": self.run_id, "version": version,
-            "m_seq": seqs.tolist(), "m_old": olds.tolist(), "m_new": news.tolist(),
-            "c_status": [s for s, _ in delta], "c_origin": [o for _, o in delta], "c_n": list(delta.values()),
-        }
-        statement = _PG_WRITE
-        if new_rows is not None:
-            c, new_seq, new_status, step = new_rows
-            ok = c.ok
-            params.update({
-                "step": step, "width": self.dim * self.dtype.itemsize,
-                "seq": new_seq.tolist(), "status": new_status.tolist(), "origin": c.origin[ok].tolist(),
-                "theta": c.theta[ok].tobytes(), "x": c.x[ok].tobytes(),
-                "log_q": c.log_q[ok].tolist(), "log_prior": c.log_prior[ok].tolist(),
-            })
-            statement = _PG_WRITE_INSERT
-        moved, counted = conn.execute(statement, params).one()
-        self._check_changed(moved, len(seqs))
-        if counted != len(delta):
-            raise ConflictError(f"run {self.run_id}: status counts missing ({counted} of {len(delta)} rows)")
-
-    def _seq_in(self, seqs) -> ColumnElement[bool]:
-        """``seq IN (...)``; on PostgreSQL ``seq = ANY(:array)``, one cached statement for any length."""
-        values = [int(v) for v in seqs]
-        if self.postgres:
-            return SAMPLES.c.seq == any_(bindparam("seqs", values, type_=ARRAY(BigInteger)))
-        return SAMPLES.c.seq.in_(values)
-
-    def _update_moves(self, conn: Connection, version: int, seqs, olds, news) -> None:
-        """One ``UPDATE ... WHERE seq IN (...) AND status = old`` per (old, new) pair."""
+        """SQLite: per (old, new) pair, ``UPDATE ... WHERE status = old AND seq IN (...)`` at driver level."""
         pairs = 4 * olds.astype(np.int64) + news
         for pair in np.unique(pairs).tolist():
             old, new = divmod(pair, 4)
             for chunk in _chunks(seqs[pairs == pair].tolist()):
-                changed = conn.execute(
-                    update(SAMPLES)
-                    .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.seq.in_(chunk), SAMPLES.c.status == old)
-                    .values(status=new, version=version)
+                marks = ", ".join("?" * len(chunk))
+                changed = conn.exec_driver_sql(
+                    f"UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND status = ? AND seq IN ({marks})",
+                    (new, version, self.run_id, old, *chunk),
                 ).rowcount
                 self._check_changed(changed, len(chunk))
 
@@ -463,7 +420,6 @@ class SampleStore:
         conn.exec_driver_sql(_SQLITE_INSERT, rows)
 
 
-_SQLITE_UPDATE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq = ? AND status = ?"
 _SQLITE_INSERT = (
     "INSERT INTO samples (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
