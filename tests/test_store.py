@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from falcon_lite.config import RunConfig
-from falcon_lite.core.policy import Origin, Sizes, Status
+from falcon_lite.core.policy import Origin, Sizes
 from falcon_lite.store import runs
 from falcon_lite.store.db import MIGRATIONS_DIR, SCHEMA_REVISION, check_schema, make_engine, migrate, session_factory
 from falcon_lite.store.errors import ConflictError, InvalidSampleError, NotFoundError, SchemaError

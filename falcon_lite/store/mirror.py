@@ -67,6 +67,7 @@ class Mirror:
             version = self._lock_run(conn)
             self._load_all(conn, version)
             self._register(conn)
+        store._mirrors.add(self)  # the store's purge records this mirror's version first
 
     # -- keeping up -----------------------------------------------------------------------
 

@@ -24,12 +24,12 @@ from __future__ import annotations
 import weakref
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
 from datetime import timedelta
+from itertools import chain
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, any_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from falcon_lite.core.policy import TRAINABLE, Origin, Sizes, Status
@@ -283,9 +283,7 @@ class SampleStore:
         """Register an in-memory reader of this run's live samples (see `Mirror`)."""
         from falcon_lite.store.mirror import Mirror
 
-        mirror = Mirror(self, name, heartbeat_s=heartbeat_s)
-        self._mirrors.add(mirror)
-        return mirror
+        return Mirror(self, name, heartbeat_s=heartbeat_s)
 
     # -- internals ----------------------------------------------------------------------
 
