@@ -32,6 +32,7 @@ import sqlalchemy as sa
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.core.training import make_optimizer
 from falcon_lite.engine.inline import run_inline
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
@@ -80,7 +81,7 @@ def time_bare_loop(config: RunConfig) -> float:
         layers += [torch.nn.Linear(width, h, dtype=dtype), torch.nn.Tanh()]
         width = h
     net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1, dtype=dtype))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = make_optimizer(net, 1e-3)  # the same (fused) Adam as the estimators
     rng = np.random.default_rng(0)
     pool = np.zeros((config.buffer.max_training, 1))
     n_new, batch = config.buffer.simulations_per_step, config.training.batch_size

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.core.training import make_optimizer
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
 
@@ -97,7 +98,7 @@ def bench_bare(config: RunConfig) -> float:
         layers += [torch.nn.Linear(width, h, dtype=torch.float64), torch.nn.Tanh()]
         width = h
     net = torch.nn.Sequential(*layers, torch.nn.Linear(width, dims, dtype=torch.float64))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    opt = make_optimizer(net, 1e-3)  # the same (fused) Adam as the estimators
     theta = torch.randn(1024, dims, dtype=torch.float64)
     x = torch.exp(theta) + 1e-6 * torch.randn_like(theta)
     steps = config.training.steps
