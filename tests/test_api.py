@@ -168,6 +168,10 @@ def test_events_stream_status_diagnostics_and_resume(api, trained_run):
     # Reconnecting with the last id replays nothing already sent.
     resumed = list(api.events(trained_run, last_event_id=seen[-1][2], timeout=60))
     assert [kind for kind, _, _ in resumed] == ["status", "end"]
+    # The same through the query parameter (EventSource cannot set headers when reopened).
+    with api.http.stream("GET", f"/runs/{trained_run}/events", params={"last_event_id": seen[-1][2]}) as response:
+        names = [line[len("event: "):] for line in response.iter_lines() if line.startswith("event: ")]
+    assert names == ["status", "end"]
 
 
 def test_events_of_unknown_run_is_404(anon):

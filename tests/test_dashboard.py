@@ -122,7 +122,15 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
          "the run to be listed as stopped")
     wait(browser, lambda d: d.find_element(By.ID, "detail-status").get_attribute("data-status") == "stopped",
          "the live status to say stopped")
-    assert browser.find_elements(By.ID, f"run-resume-{run_id}")
+    # Resume from the page: the charts go on from where they were, without replaying the run.
+    shown_before = series()[1]
+    browser.find_element(By.ID, f"run-resume-{run_id}").click()
+    wait(browser, lambda d: series()[1] >= shown_before + 5, "more diagnostics after resume")
+    steps = browser.execute_script("return window.falconDashboard.series.steps;")
+    assert all(a < b for a, b in zip(steps, steps[1:])), "a step was drawn twice"
+    browser.find_element(By.ID, f"run-stop-{run_id}").click()
+    wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "stopped",
+         "the run to be listed as stopped again")
     with Client(ray_server.url, token=TOKEN) as api:
         assert api.get_run(run_id)["status"] == "stopped"
         api.delete(run_id)

@@ -89,9 +89,16 @@ def get_metrics(
 
 @router.get("/{run_id}/events", summary="Server-Sent Events: `status` and `diagnostics`",
             response_description="text/event-stream")
-def get_events(run_id: RunId, request: Request, ctx: CtxDep, session: SessionDep):
+def get_events(
+    run_id: RunId,
+    request: Request,
+    ctx: CtxDep,
+    session: SessionDep,
+    last_event_id: Annotated[str | None, Query(max_length=100, pattern=r"^\d+:-?\d+$",
+                                               description="resume after this id (the Last-Event-ID header wins)")] = None,
+):
     store_runs.get_run(session, run_id)
-    return event_stream(ctx, run_id, request.headers.get("last-event-id"))
+    return event_stream(ctx, run_id, request.headers.get("last-event-id") or last_event_id)
 
 
 @router.get("/{run_id}/posterior", summary="Samples from the run's current posterior estimate")

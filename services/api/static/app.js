@@ -13,6 +13,7 @@ const MAX_POINTS = 4000;
 // State the browser test reads: the selected run and the data each chart holds.
 const dash = (window.falconDashboard = {
   runId: null,
+  lastEventId: null,
   streamOpen: false,
   series: emptySeries(),
   charts: {},
@@ -233,13 +234,17 @@ function setDetailStatus(status) {
 // ---- live stream ----------------------------------------------------------------------
 function openStream(runId, reset) {
   if (dash.source) dash.source.close();
-  if (reset) { dash.series = emptySeries(); makeCharts(); }
-  const source = new EventSource(`/runs/${runId}/events`);
+  if (reset) { dash.series = emptySeries(); dash.lastEventId = null; makeCharts(); }
+  // Reopened after a resume: go on from the last message instead of replaying the run.
+  const after = dash.lastEventId ? `?last_event_id=${encodeURIComponent(dash.lastEventId)}` : "";
+  const source = new EventSource(`/runs/${runId}/events${after}`);
   dash.source = source;
   dash.streamOpen = true;
-  source.addEventListener("status", (e) => setDetailStatus(JSON.parse(e.data).status));
-  source.addEventListener("diagnostics", (e) => onDiagnostics(JSON.parse(e.data)));
+  const track = (e) => { if (e.lastEventId) dash.lastEventId = e.lastEventId; };
+  source.addEventListener("status", (e) => { track(e); setDetailStatus(JSON.parse(e.data).status); });
+  source.addEventListener("diagnostics", (e) => { track(e); onDiagnostics(JSON.parse(e.data)); });
   source.addEventListener("end", (e) => {
+    track(e);
     setDetailStatus(JSON.parse(e.data).status);
     source.close();
     dash.streamOpen = false;
