@@ -459,6 +459,25 @@ def test_mirror_follows_appends_and_draws_with_the_quota(engine):
         fresh.sync()
 
 
+def test_two_store_objects_on_one_run_agree_with_one(engine):
+    """A store reuses its cached live window only if it made the run's previous change."""
+    sizes = Sizes(3, 4, 6, 0.25)
+    single, shared = new_run(engine), new_run(engine)
+    one = SampleStore(engine, single, sizes, 1)
+    a, b = SampleStore(engine, shared, sizes, 1), SampleStore(engine, shared, sizes, 1)
+    rng = np.random.default_rng(9)
+    for step, writer in enumerate([a, b, a, a, b, b, a, b]):
+        arrays = batch(rng, 3)
+        one.append(*arrays[:3], step, *arrays[3:])
+        writer.append(*arrays[:3], step, *arrays[3:])
+        if step == 4:
+            one.disfavour([4, 5, 6, 7])
+            a.disfavour([4, 5, 6, 7])
+    assert [(r.seq, r.status, r.origin) for r in db_rows(engine, single)] == [
+        (r.seq, r.status, r.origin) for r in db_rows(engine, shared)
+    ]
+
+
 def test_concurrent_writers_serialize(engine):
     run_id = new_run(engine)
     sizes = Sizes(4, 8, 16, 0.2)

@@ -4,7 +4,8 @@ Every change runs in one transaction that first locks the run's row (``UPDATE ru
 on both databases; ``BEGIN IMMEDIATE`` on SQLite), so writers to one run serialize and
 each change gets the next run ``version``. A change:
 
-1. reads the live window (``status < TOMBSTONE``, oldest first; a partial index),
+1. reads the live window (``status < TOMBSTONE``, oldest first; a partial index) — or,
+   when this store object made the run's previous change, takes it from memory,
 2. applies the policy (`falcon_lite.core.policy.rotate`, computed by the equivalent
    `falcon_lite.store.rotation.rotate_arrays`) to the window plus the new rows, which
    enter as VALIDATION with fresh ``seq`` numbers,
@@ -21,8 +22,11 @@ load only rows whose ``version`` is newer than theirs.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import chain
@@ -166,6 +170,9 @@ class SampleStore:
         self.dim = dim
         self.postgres = engine.dialect.name == "postgresql"
         self._mirrors: weakref.WeakSet = weakref.WeakSet()
+        self._write_lock = threading.RLock()
+        self._window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pending_window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
         with engine.connect() as conn:
             if conn.execute(select(RUNS.c.id).where(RUNS.c.id == self.run_id)).first() is None:
                 raise NotFoundError(f"run {run_id} not found")
@@ -179,7 +186,7 @@ class SampleStore:
             raise InvalidSampleError(f"step must be a non-negative integer, got {step!r}")
         n_ok = int(checked.ok.sum())
         n_bad = len(checked.ok) - n_ok
-        with self.writer.begin() as conn:
+        with self._change() as conn:
             next_seq, version = self._lock(
                 conn, next_seq=RUNS.c.next_seq + n_ok, appended=RUNS.c.appended + n_ok,
                 rejected=RUNS.c.rejected + n_bad,
@@ -193,8 +200,9 @@ class SampleStore:
     def disfavour(self, seqs) -> int:
         """Mark TRAINING samples DISFAVOURED (others are ignored), then rotate; return how many moved."""
         seqs = np.unique(np.asarray(seqs, dtype=np.int64))
-        with self.writer.begin() as conn:
+        with self._change() as conn:
             _, version = self._lock(conn)
+            self._window = None  # statuses change below, outside the cached window's knowledge
             moved = []
             for chunk in _chunks(seqs) if not self.postgres else [seqs]:
                 moved += conn.execute(
@@ -214,7 +222,7 @@ class SampleStore:
 
     def rotate(self) -> int:
         """Apply the policy with the current sizes without appending; return how many rows moved."""
-        with self.writer.begin() as conn:
+        with self._change() as conn:
             _, version = self._lock(conn)
             move_seqs, _ = self._rotate_and_write(conn, version, np.empty(0, np.int64), np.empty(0, np.int8))
         return len(move_seqs)
@@ -308,19 +316,16 @@ class SampleStore:
 
         Returns (moved seqs, their new statuses), new rows that left VALIDATION included.
         """
-        rows = conn.execute(
-            select(SAMPLES.c.seq, SAMPLES.c.status, SAMPLES.c.origin)
-            .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.status < TOMBSTONE)
-            .order_by(SAMPLES.c.seq)
-        ).all()
-        old = np.fromiter(chain.from_iterable(rows), np.int64, 3 * len(rows)).reshape(-1, 3)
-        n_old = len(old)
-        seq = np.concatenate([old[:, 0], new_seq])
-        status = np.concatenate([old[:, 1].astype(np.int8), np.zeros(len(new_seq), np.int8)])
-        origin = np.concatenate([old[:, 2].astype(np.int8), new_origin.astype(np.int8)])
+        old_seq, old_status, old_origin = self._live_window(conn, version)
+        n_old = len(old_seq)
+        seq = np.concatenate([old_seq, new_seq])
+        status = np.concatenate([old_status, np.zeros(len(new_seq), np.int8)])
+        origin = np.concatenate([old_origin, new_origin.astype(np.int8)])
         idx, new = rotate_arrays(status, origin, self.sizes)
         final = status.copy()
         final[idx] = new
+        live = final < TOMBSTONE
+        self._pending_window = (version, seq[live], final[live], origin[live])
         # counts: all rows after (new rows included) minus the old rows before
         origin64 = origin.astype(np.int64)
         after = np.bincount(2 * final.astype(np.int64) + origin64, minlength=8)
@@ -339,6 +344,37 @@ class SampleStore:
                 self._insert(conn, *new_rows, version)
             self._add_counts(conn, delta)
         return seq[idx], new
+
+    def _live_window(self, conn: Connection, version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(seq, status, origin) of the live rows, oldest first, as of ``version - 1``.
+
+        When this store made the previous change itself (the run's version before our bump
+        is the one it left), its cached window is exact and no query is needed; otherwise
+        (another writer, or the first change) it is read through the partial index.
+        """
+        cached = self._window
+        if cached is not None and cached[0] == version - 1:
+            return cached[1], cached[2], cached[3]
+        rows = conn.execute(
+            select(SAMPLES.c.seq, SAMPLES.c.status, SAMPLES.c.origin)
+            .where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.status < TOMBSTONE)
+            .order_by(SAMPLES.c.seq)
+        ).all()
+        old = np.fromiter(chain.from_iterable(rows), np.int64, 3 * len(rows)).reshape(-1, 3)
+        return old[:, 0].copy(), old[:, 1].astype(np.int8), old[:, 2].astype(np.int8)
+
+    @contextmanager
+    def _change(self) -> Iterator[Connection]:
+        """A write transaction; the live window it computes is cached only once it commits."""
+        with self._write_lock:
+            self._pending_window = None
+            try:
+                with self.writer.begin() as conn:
+                    yield conn
+            except BaseException:
+                self._window = None
+                raise
+            self._window = self._pending_window
 
     def _write_pg(self, conn: Connection, version: int, moves, new_rows, delta: Counter) -> None:
         """Moves, new rows and counts in ONE statement (data-modifying CTEs over unnest arrays).
