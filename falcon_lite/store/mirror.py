@@ -94,10 +94,16 @@ class Mirror:
         with context as conn:
             if not write:
                 conn.begin()
-            version = self._lock_run(conn, lock=write)
-            known = conn.execute(
-                select(READERS.c.version).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
-            ).first()
+            reader = (
+                select(READERS.c.version)
+                .where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name)
+                .scalar_subquery()
+            )
+            run = select(RUNS.c.version, reader).where(RUNS.c.id == self.store.run_id)
+            row = conn.execute(run.with_for_update(read=True, of=RUNS) if write else run).first()
+            if row is None:
+                raise NotFoundError(f"run {self.store.run_id} not found")
+            version, known = int(row[0]), row[1]
             if known is None:
                 if not write:
                     return None
