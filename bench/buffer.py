@@ -21,7 +21,7 @@ The fill is a bulk SQL insert of TOMBSTONE rows (what an unpurged run holds) str
 window; the measured operations are the real code paths. Prints a table and writes it to
 docs/benchmarks.md (section "Buffer").
 
-    .venv/bin/python bench/buffer.py [--rows 1000000] [--reps 40] [--db postgres sqlite]
+    .venv/bin/python bench/buffer.py [--rows 1000000] [--reps 60] [--db postgres sqlite]
 """
 
 from __future__ import annotations
@@ -283,6 +283,28 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def verdicts(results: list[dict]) -> list[str]:
+    """The targets (PostgreSQL at the largest size), each judged on the p50 figures above."""
+    pg = [r for r in results if r["db"] == "postgres"]
+    if not pg:
+        return []
+    small, big = pg[0]["figures"], pg[-1]["figures"]
+    rows = f"{pg[-1]['rows']:,}"
+    ratio = pct(big["append"], 50) / pct(big["bare"], 50)
+    comp, draw = pct(big["composition"], 50), pct(big["draw"], 50)
+    sync_small, sync_big = pct(small["sync"], 50), pct(big["sync"], 50)
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return [
+        f"Targets, PostgreSQL at {rows} rows (p50): append+rotate <= 2x the bare executemany INSERT: "
+        f"{ratio:.2f}x ({met(ratio <= 2)}); composition <= 5 ms: {comp:.2f} ms ({met(comp <= 5)}); "
+        f"mirror sync flat: {sync_small:.2f} ms at {pg[0]['rows']:,} rows vs {sync_big:.2f} ms at {rows} "
+        f"({met(sync_big <= 2 * sync_small)}, judged as at most 2x); draw <= 0.2 ms: {draw:.3f} ms ({met(draw <= 0.2)}).",
+    ]
+
+
 def write_section(lines: list[str], command: str, path: Path) -> None:
     body = "\n".join([
         "## Buffer",
@@ -305,16 +327,18 @@ def write_section(lines: list[str], command: str, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--reps", type=int, default=40)
+    parser.add_argument("--reps", type=int, default=60)
     parser.add_argument("--db", nargs="+", choices=["postgres", "sqlite"], default=["postgres", "sqlite"])
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     results = []
+    load_before = os.getloadavg()[0]
     for kind in args.db:
         results += bench_database(kind, args.pg_url, args.rows, args.reps)
-    lines = table(results)
+    load = f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    lines = table(results) + ["", *verdicts(results), "", load + "."]
     print("\n".join(lines))
     if not args.no_write:
         command = "python bench/buffer.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
