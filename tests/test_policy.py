@@ -122,6 +122,9 @@ def test_rotate_examples() -> None:
     # disfavoured beyond min_training go first, even when newer than a TRAINING one
     live = [Live(T, Q), Live(D, Q), Live(T, Q)]
     assert rotate(live, Sizes(0, 2, 3, 0.0)) == {1: X}
+    # the quota is judged on the final pool: a protected DISFAVOURED prior sample keeps the pool
+    # at 2, which needs both prior samples (regression: one was evicted, share 0.5 < f = 1)
+    assert rotate([Live(V, Q), Live(D, P), Live(D, P)], Sizes(0, 0, 2, 1.0)) == {0: X}
     # promoted and evicted in one rotation ends as TOMBSTONE
     assert rotate([Live(T, Q), Live(V, Q), Live(V, Q)], Sizes(0, 1, 1, 0.0)) == {0: X, 1: X, 2: T}
 
