@@ -283,12 +283,7 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         time.sleep(3)
         assert api.get(f"/runs/{run_id}")["step"] == stopped["step"]
         log(f"stopped at step {stopped['step']}; {in_db} sample rows in PostgreSQL = the API's live count")
-        api.post(f"/runs/{run_id}/resume")
-        wait_for("the resumed run to step past its stop",
-                 lambda: (r := api.get(f"/runs/{run_id}"))["status"] == "running" and r["step"] > stopped["step"] and r)
-        log("resumed: running again past its stop step")
-
-        # -- two workers: simulations spread over both ----------------------------------------
+        # -- while it is stopped, a second worker: the resumed run spreads over both --------
         t = time.monotonic()
         # --no-recreate: leave the running services alone. (Podman 4.3's Docker API reports a
         # container's NetworkID as the network's name, so without it compose would believe every
@@ -300,10 +295,10 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
             workers[index] = re.search(r"^NODE (\w+)$", out, flags=re.M).group(1)
         assert len(set(workers.values())) == 2, workers
         log(f"scaled to 2 workers in {time.monotonic() - t:.0f} s: Ray nodes {workers}")
-        # simulator actors are placed when a run (re)starts: restart it onto the bigger cluster
-        api.post(f"/runs/{run_id}/stop")
-        wait_for("the run to stop", lambda: api.get(f"/runs/{run_id}")["status"] == "stopped")
         api.post(f"/runs/{run_id}/resume")
+        wait_for("the resumed run to step past its stop",
+                 lambda: (r := api.get(f"/runs/{run_id}"))["status"] == "running" and r["step"] > stopped["step"] and r)
+        log("resumed: running again past its stop step")
 
         def spread():
             out = stack.python("ray-head", PLACEMENT_PROBE, str(run_id), env={"RAY_ADDRESS": "auto"})
