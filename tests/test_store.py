@@ -506,3 +506,42 @@ def test_concurrent_writers_serialize(engine):
     assert [r.seq for r in rows] == sorted({r.seq for r in rows})
     assert sum(r.status == 0 for r in rows) == 4 and sum(r.status in (1, 2) for r in rows) == 16
     assert run_state(engine, run_id)[1] == 45
+
+
+def test_mirror_sync_sees_whole_changes_while_a_writer_appends(engine):
+    """Each sync reads one consistent state: never new rows without the promotions and
+    evictions of the same append (which would break the sizes in the mirror)."""
+    run_id = new_run(engine)
+    sizes = Sizes(validation_size=5, min_training=10, max_training=10, prior_fraction=0.3)
+    writer_store = SampleStore(engine, run_id, sizes, 1)
+    reader_store = SampleStore(engine, run_id, sizes, 1)
+    mirror = reader_store.mirror("reader", heartbeat_s=0.05)
+    done = threading.Event()
+    errors = []
+
+    def write():
+        try:
+            rng = np.random.default_rng(10)
+            for step in range(40):
+                writer_store.append(*batch(rng, 5)[:3], step, *batch(rng, 5)[3:])
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = 0
+    while not done.is_set() or seen == 0:
+        mirror.sync()
+        seen += 1
+        assert int((mirror.status == 0).sum()) <= 5
+        assert mirror.trainable_size <= 10
+        if mirror.version > 2:
+            assert int((mirror.status == 0).sum()) == 5 and mirror.trainable_size == 10
+    thread.join()
+    assert errors == []
+    mirror.sync()
+    rows = [r for r in db_rows(engine, run_id) if r.status < 3]
+    assert list(mirror.seq) == [r.seq for r in rows] and list(mirror.status) == [r.status for r in rows]
+
