@@ -24,6 +24,8 @@ from services.api.metrics import ApiMetrics
 from services.api.routes import runs, stress, system
 from services.api.stress_jobs import StressJobs
 
+POOL_SIZE = 20
+
 DESCRIPTION = """Run, watch and stress-test buffered sequential neural posterior estimation.
 
 Mutating calls need `Authorization: Bearer <token>` when the server sets `FALCON_LITE_API_TOKEN`.
@@ -33,7 +35,9 @@ Mutating calls need `Authorization: Bearer <token>` when the server sets `FALCON
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for `settings` (default: the process settings from the environment)."""
     settings = settings or get_settings()
-    engine = make_engine(settings.db_url)
+    # Enough pooled connections for the threadpool: opening a connection per request (the
+    # default pool overflows at 15) costs a connect and its PRAGMAs each time on SQLite.
+    engine = make_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
     ctx = AppContext(settings=settings, engine=engine, sessions=session_factory(engine))
     ctx.jobs = StressJobs(settings.data_dir / "stress")
     ctx.metrics = ApiMetrics(lambda: queries.snapshot(ctx))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -41,6 +42,15 @@ class AppContext:
         if self.readers is None:
             self.readers = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._stores: dict[tuple, Any] = {}
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """A read session (plain BEGIN: on SQLite in WAL mode it never waits for writers).
+
+        Closed, not rolled back, at the end, so objects read stay readable afterwards.
+        """
+        with self.readers() as session:
+            yield session
 
     def sample_store(self, key: tuple, make) -> Any:
         """A run's SampleStore, made once by `make()` (a run's config never changes) and kept."""
@@ -95,11 +105,8 @@ CtxDep = Annotated[AppContext, Depends(get_ctx)]
 
 def get_session(ctx: CtxDep) -> Iterator[Session]:
     """A read session for the request (routes that write open their own transaction)."""
-    with ctx.readers() as session:
-        try:
-            yield session
-        finally:
-            session.rollback()
+    with ctx.reading() as session:
+        yield session
 
 
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]

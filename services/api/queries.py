@@ -77,7 +77,7 @@ def create_run(ctx: AppContext, config: RunConfig, start: bool) -> int:
 
 
 def _status(ctx: AppContext, run_id: int) -> str:
-    with ctx.readers() as session:
+    with ctx.reading() as session:
         return store_runs.get_run(session, run_id).status
 
 
@@ -124,24 +124,21 @@ def buffer(ctx: AppContext, run_id: int) -> dict:
     The run's SampleStore is made once per run (keyed by id and creation time, so a
     reused id never sees another run's sizes); a request then costs two small queries.
     """
-    with ctx.readers() as session:
+    with ctx.reading() as session:
         run = store_runs.get_run(session, run_id)
         key, config = (run_id, run.created), run.config
 
     def make() -> SampleStore:
         cfg = RunConfig.model_validate(config)
-        store = SampleStore(ctx.engine, run_id, sizes_of(cfg), cfg.dim)
-        store.prior_fraction = cfg.buffer.prior_fraction
-        return store
+        return SampleStore(ctx.engine, run_id, sizes_of(cfg), cfg.dim)
 
-    store = ctx.sample_store(key, make)
-    return store.composition().to_dict(store.prior_fraction)
+    return ctx.sample_store(key, make).composition().to_dict(config["buffer"]["prior_fraction"])
 
 
 def snapshot(ctx: AppContext) -> Snapshot:
     """Counts for Prometheus: runs by status, samples by status and origin, live steps."""
     snap = Snapshot()
-    with ctx.readers() as session:
+    with ctx.reading() as session:
         for status, n in session.execute(select(Run.status, func.count()).group_by(Run.status)):
             snap.runs_by_status[status] = n
         counts = session.execute(

@@ -53,7 +53,7 @@ def _thin(rows: list[dict], keep: int) -> list[dict]:
 
 def _poll(ctx: AppContext, run_id: int, after_event: int, after_step: int) -> dict:
     """One look at the database: the run, its new events and metrics rows."""
-    with ctx.readers() as session:
+    with ctx.reading() as session:
         run = store_runs.get_run(session, run_id)
         events = store_runs.events_since(session, run_id, after_event)
         rows = store_runs.metrics_since(session, run_id, after_step, None, 100_000)

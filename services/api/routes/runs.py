@@ -30,7 +30,7 @@ RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the run's id")]
 @router.post("", status_code=201, dependencies=[AuthDep], summary="Create a run (and start it)")
 def create_run(body: RunCreate, ctx: CtxDep) -> RunPublic:
     run_id = queries.create_run(ctx, body.config(), start=body.start)
-    with ctx.readers() as session:
+    with ctx.reading() as session:
         return queries.run_public(session, store_runs.get_run(session, run_id))
 
 
