@@ -454,6 +454,8 @@ def test_mirror_follows_appends_and_draws_with_the_quota(engine):
     assert sorted(whole.seq.tolist()) == sorted(applied.seq[applied.status >= 1].tolist())
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         applied.draw(0, rng, 0.25)
+    with pytest.raises(ValueError, match=r"prior_fraction must be a number in \[0, 1\], got 1.5"):
+        applied.draw(16, rng, 1.5)
     fresh.close()
     with pytest.raises(RuntimeError, match="closed"):
         fresh.sync()

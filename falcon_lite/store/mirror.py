@@ -192,6 +192,8 @@ class Mirror:
         n = len(pool)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0.0 <= prior_fraction <= 1.0:
+            raise ValueError(f"prior_fraction must be a number in [0, 1], got {prior_fraction!r}")
         if n <= batch_size:
             return self._batch(pool[rng.permutation(n)])
         prior_pos = self._pool_prior
