@@ -65,12 +65,11 @@ def _require_compose() -> bool:
 
 
 def _container_env_tool() -> Path | None:
-    candidates = [os.environ.get("FALCON_LITE_CONTAINER_ENV", ""),
-                  ROOT.parent / "shared/tools/container-env.sh", ROOT / "shared/tools/container-env.sh"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return Path(candidate)
-    return None
+    """The engine set-up tool: FALCON_LITE_CONTAINER_ENV when set (only it), else the shared one."""
+    chosen = os.environ.get("FALCON_LITE_CONTAINER_ENV")
+    candidates = [Path(chosen)] if chosen else [ROOT.parent / "shared/tools/container-env.sh",
+                                                ROOT / "shared/tools/container-env.sh"]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def _parse_exports(text: str) -> dict[str, str]:
@@ -132,8 +131,8 @@ def _engine(log) -> tuple[list[str], dict[str, str], Path | None]:
         pytest.skip(f"no Docker engine reachable ({why}); set FALCON_LITE_REQUIRE_COMPOSE=1 to set one up "
                     "with ../shared/tools/container-env.sh (needs root), or run `make compose-test`")
     if tool is None:
-        pytest.fail("FALCON_LITE_REQUIRE_COMPOSE=1 but the engine tool was not found at "
-                    "../shared/tools/container-env.sh (set FALCON_LITE_CONTAINER_ENV)")
+        pytest.fail("FALCON_LITE_REQUIRE_COMPOSE=1 but no engine answers and the set-up tool was not "
+                    "found (../shared/tools/container-env.sh, or FALCON_LITE_CONTAINER_ENV)")
     log(f"engine: setting up with {tool} (first time: about a minute)")
     started = time.monotonic()
     result = subprocess.run(["bash", str(tool), "up"], capture_output=True, text=True, timeout=900)
