@@ -127,8 +127,9 @@ def write_section(text: str) -> Path:
     path.parent.mkdir(exist_ok=True)
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     pattern = re.compile(r"^## API\n.*?(?=^## |\Z)", re.S | re.M)
+    text = text.rstrip("\n") + "\n\n"
     new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
+    path.write_text(new.rstrip("\n") + "\n")
     return path
 
 
@@ -212,6 +213,8 @@ def main() -> int:
         f"({args.clients / args.interval:.0f} req/s offered at most) and not at all in the closed-loop ones. "
         "p50/p99 are measured by the clients (HTTP round trip); the server's own figures are the upper "
         "bounds of its Prometheus histogram buckets (route handling, without the client's side). "
+        "The /health rows under the same load show what the load alone costs on this machine; "
+        "the difference to the buffer + metrics rows is what those queries cost. "
         f"Targets, judged on the polling load: p99 <= 50 ms ({'met' if load.get('p99', 1e9) <= 50 else 'NOT met'}), zero errors "
         f"({'met' if load['errors'] == 0 else 'NOT met'}), training slowdown <= 20 % "
         f"({'met' if base and load['steps_per_s'] >= 0.8 * base else 'NOT met'}).",
