@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from tests.plugins.server import TOKEN, start_server  # noqa: E402
+from tests.plugins.server import start_server  # noqa: E402
 
 RUN = {"training": {"steps": 1_000_000}, "runtime": {"simulators": 1}}
 
