@@ -148,13 +148,14 @@ def test_api_publishes_the_configured_port(env_file: Path) -> None:
 def test_dockerfile_shape() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, flags=re.M)
-    assert "--find-links /build/wheels" in text and "-c constraints.txt" in text
+    assert "--find-links /wheels" in text and "-c constraints.txt" in text
+    assert "--mount=type=bind,source=wheels" in text  # the wheelhouse stays out of the layers
     users = re.findall(r"^USER\s+(\S+)", text, flags=re.M)
     assert users and users[-1] not in {"root", "0"}
     # no credentials in build arguments or image environment
     assert not re.search(r"^(ARG|ENV)\b.*(PASSWORD|TOKEN|SECRET|DATABASE_URL)", text, flags=re.M | re.I)
     # the dependency layer comes before the source is copied (source edits keep it cached)
-    assert text.index("-r requirements.txt") < text.index("COPY falcon_lite/")
+    assert text.index("-r /tmp/requirements.txt") < text.index("COPY falcon_lite/")
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
