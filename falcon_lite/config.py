@@ -43,6 +43,8 @@ class SimulatorConfig(Strict):
             if self.z_true is None and self.x_obs is None:
                 object.__setattr__(self, "z_true", [-5.0, 0.0, 5.0])
             if self.x_obs is None:
+                if any(z > 700 for z in self.z_true):
+                    raise ValueError("z_true too large: exp(z_true) overflows (exp_noise needs z_true <= 700)")
                 object.__setattr__(self, "x_obs", [math.exp(z) for z in self.z_true])
         if not self.x_obs:
             raise ValueError("x_obs must hold at least one value")

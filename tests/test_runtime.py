@@ -72,8 +72,9 @@ def test_run_end_to_end(control):
     assert control.wait(run_id, timeout=180) == "completed"
     status, step, rejected, _ = run_row(control, run_id)
     assert (step, rejected) == (60, 0)
-    store_total = control_composition(control, run_id)["total"]
-    assert store_total == 60 * 32
+    composition = control_composition(control, run_id)
+    assert composition["total"] == 60 * 32
+    assert composition["purged"] > 0  # tombstones no reader holds are purged as the run goes
     with control.sessions.begin() as s:
         rows = runs.metrics_since(s, run_id, limit=None)
     assert len(rows) == 60 and all(r["trainable_prior"] >= 8 for r in rows if r["step"] >= 20)
@@ -137,6 +138,13 @@ def test_failing_simulator_batches_are_rejected_and_counted(control):
     assert rejected == 6 * 32  # calls 10, 20, ..., 60 failed; each rejected whole
     counts = per_step_counts(control, run_id)
     assert len(counts) == 54 and set(counts.values()) == {32}
+
+
+@only("postgres")
+def test_stop_of_a_pending_run_is_a_no_op(control):
+    run_id = control.create(config(10), start=False)
+    control.stop(run_id)
+    assert run_row(control, run_id)[0] == "pending"
 
 
 @only("postgres")

@@ -82,7 +82,9 @@ class Trainer:
         self.store = SampleStore(
             self.engine, run_id, loop.sizes_of(self.state), self.state.simulator.dim, self.state.config.estimator.dtype
         )
-        self.mirror = self.store.mirror(f"trainer-{run_id}-{os.getpid()}")
+        # One reader name per run: a restarted trainer replaces its dead predecessor's
+        # registration instead of holding back purges until it times out.
+        self.mirror = self.store.mirror(f"trainer-{run_id}")
         self.mirror.sync()
         self.recorder = Recorder(self.engine, run_id)
         self.nodes: collections.Counter[str] = collections.Counter()

@@ -47,6 +47,7 @@ class RunControl:
         check_schema(self.engine)
         self.sessions = session_factory(self.engine)
         connect_ray(self.settings)
+        self.reconcile_all()
 
     # -- the supervisor of a run -------------------------------------------------------
     def _supervisor(self, run_id: int):
@@ -109,10 +110,7 @@ class RunControl:
         """Ask a run to stop gracefully (flush, checkpoint, `stopped`); idempotent."""
         with self.sessions.begin() as session:
             status = runs.get_run(session, run_id).status
-            if status in TERMINAL:
-                return
-            if status == "pending":
-                runs.set_status(session, run_id, "stopped")
+            if status in TERMINAL or status == "pending":  # nothing runs: nothing to stop
                 return
         actor = self._supervisor(run_id)
         if actor is None or not self._alive(run_id):
@@ -135,6 +133,13 @@ class RunControl:
                     runs.set_status(session, run_id, "failed", reason="supervisor lost: the process died")
                 status = run.status
         return status
+
+    def reconcile_all(self) -> list[int]:
+        """Mark every active run whose supervisor is gone as failed (e.g. after the embedded
+        default's Ray instance ended with the process that owned it); returns their ids."""
+        with self.sessions.begin() as session:
+            active = [r.id for r in runs.list_runs(session, limit=10_000)[0] if r.status in ACTIVE]
+        return [run_id for run_id in active if self.reconcile(run_id) == "failed"]
 
     def delete(self, run_id: int) -> None:
         with self.sessions.begin() as session:
