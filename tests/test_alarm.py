@@ -44,3 +44,34 @@ def test_smooth_starts_on_the_first_finite_value_and_averages():
     assert smooth(None, 2.0) == 2.0
     assert smooth(2.0, 4.0, momentum=0.25) == pytest.approx(2.5)
     assert smooth(2.0, float("inf")) == 2.0  # a non-finite reading does not poison the average
+
+
+def test_alarm_fires_only_after_a_healthy_stretch():
+    from falcon_lite.core.alarm import ARM_STEPS, Alarm, first_alarm
+
+    # never healthy (a run that never converged): stays silent however large z is
+    assert first_alarm(range(1000), [50.0] * 1000) is None
+    # healthy for ARM_STEPS steps, then the average crosses 1: fires at that step
+    ema = [0.2] * ARM_STEPS + [0.9, 1.0, 3.0]
+    assert first_alarm(range(len(ema)), ema) == ARM_STEPS + 1
+    # one step short of arming: silent
+    assert first_alarm(range(ARM_STEPS + 1), [0.2] * (ARM_STEPS - 1) + [2.0, 2.0]) is None
+    # raised while above, cleared below, and it is part of the checkpoint
+    alarm = Alarm()
+    raised = [alarm.observe_ema(v) for v in [0.1] * ARM_STEPS + [2.0, 0.5]]
+    assert raised[-2:] == [True, False]
+    assert Alarm(**alarm.to_dict()) == alarm
+
+
+def test_recorded_alarm_matches_the_rule_over_its_series():
+    """The engine's online alarm and `first_alarm` over the recorded series are one rule."""
+    from falcon_lite.core.alarm import Alarm, first_alarm
+
+    rng = np.random.default_rng(3)
+    zs = np.concatenate([rng.uniform(0, 0.5, 300), rng.uniform(1.5, 3, 50)])
+    alarm, online, emas = Alarm(), None, []
+    for step, z in enumerate(zs):
+        if alarm.observe(z) and online is None:
+            online = step
+        emas.append(alarm.ema)
+    assert online is not None and online == first_alarm(range(len(zs)), emas)

@@ -5,8 +5,8 @@ cd "$(dirname "$0")/../.."
 fl=.venv/bin/falcon-lite
 W=${WORKERS:-2}
 $fl stress --grid buffer.prior_fraction=0,0.2,0.5,0.8 --seeds 5 --steps 10000 --workers $W --out docs/explosion/prior-fraction
-$fl stress --grid estimator.importance_weighting=true --seeds 5 --steps 10000 --workers $W --out docs/explosion/iw
-$fl stress --grid estimator.importance_weighting=true --grid proposal.temperature=2,10,20 --seeds 5 --steps 10000 --workers $W --out docs/explosion/gamma
-$fl stress --grid estimator.normalize=true --grid buffer.prior_fraction=0,0.2 --seeds 5 --steps 10000 --workers $W --out docs/explosion/normalize
-$fl stress --base docs/explosion/rolling.json --grid buffer.prior_fraction=0,0.2 --seeds 5 --steps 10000 --workers $W --out docs/explosion/rolling
-.venv/bin/python docs/explosion/nle.py --seeds 3 --steps 10000 --out docs/explosion/nle
+$fl stress --grid estimator.importance_weighting=true --seeds 3 --steps 10000 --workers $W --out docs/explosion/iw
+.venv/bin/python docs/explosion/nle.py --seeds 2 --steps 10000 --out docs/explosion/nle
+$fl stress --grid estimator.normalize=true --grid buffer.prior_fraction=0,0.2 --seeds 3 --steps 10000 --workers $W --out docs/explosion/normalize
+$fl stress --base docs/explosion/rolling.json --grid buffer.prior_fraction=0,0.2 --seeds 3 --steps 10000 --workers $W --out docs/explosion/rolling
+$fl stress --grid estimator.importance_weighting=true --grid proposal.temperature=10,20 --seeds 3 --steps 10000 --workers $W --out docs/explosion/gamma

@@ -97,6 +97,12 @@ def cmd_stress(args: argparse.Namespace) -> int:
 
     from falcon_lite.engine.stress import run_stress
 
+    if args.report_only:
+        from falcon_lite.engine.stress import rewrite_report
+
+        rewrite_report(Path(args.out))
+        print((Path(args.out) / "report.md").read_text())
+        return 0
     grid = parse_grid(args.grid or [])
     base = load_config(args.base)
     if args.server:
@@ -139,4 +145,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--base", help="base RunConfig JSON the grid overrides")
     p.add_argument("--server", help="run the matrix on a falcon-lite server instead (URL)")
+    p.add_argument("--report-only", action="store_true",
+                   help="recompute the report of an existing --out directory from its recorded series")
     p.set_defaults(func=cmd_stress)

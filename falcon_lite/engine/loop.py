@@ -103,8 +103,8 @@ def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
     with torch.no_grad():
         mean, _ = state.estimator.posterior_batch(x)
     z = float(np.max(alarm.residual_z(theta, mean)))
-    state.alarm_ema = alarm.smooth(state.alarm_ema, z)
-    row = {"alarm_z": z, "alarm_ema": state.alarm_ema, "alarm": float(state.alarm_ema > alarm.THRESHOLD)}
+    raised = state.alarm.observe(z)
+    row = {"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)}
     with torch.no_grad():
         coverage = diagnostics.expected_coverage(state.estimator, theta, x)
     row.update({k: v for k, v in coverage.items() if k.count("_") == 1})

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from falcon_lite.config import RunConfig
+from falcon_lite.core.alarm import Alarm
 from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.simulators import make_simulator
@@ -42,7 +43,7 @@ class RunState:
     next_proposal: int = 0  # the step index of the next batch of simulations
     drawn_prior: int = 0
     drawn_total: int = 0
-    alarm_ema: float | None = None  # the explosion alarm's moving average (core/alarm.py)
+    alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
 
     @property
@@ -60,7 +61,7 @@ class RunState:
                 "step": self.step,
                 "drawn_prior": self.drawn_prior,
                 "drawn_total": self.drawn_total,
-                "alarm_ema": self.alarm_ema,
+                "alarm": self.alarm.to_dict(),
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
@@ -90,5 +91,5 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.step = state.next_proposal = saved["step"]
     state.drawn_prior = saved["drawn_prior"]
     state.drawn_total = saved["drawn_total"]
-    state.alarm_ema = saved.get("alarm_ema")
+    state.alarm = Alarm(**saved.get("alarm", {}))
     return state

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.core.alarm import first_alarm
 from falcon_lite.core.diagnostics import classify_outcome
 
 SERIES = ("std_ratio", "abs_bias_over_sigma", "alarm_ema")
@@ -68,7 +69,7 @@ def run_job(job: dict) -> dict:
             except RunDiverged:
                 pass  # recorded as failed on the run; its metrics so far say `diverged`
             with session_factory(engine).begin() as session:
-                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, "alarm"], limit=None)
+                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE], limit=None)
         finally:
             engine.dispose()
     steps = np.array([r["step"] for r in rows])
@@ -81,7 +82,6 @@ def run_job(job: dict) -> dict:
         outcome, converged, exploded, max_after = "diverged", None, None, None
     if not rows or rows[-1]["step"] < config.training.steps - 1:
         outcome = "diverged"  # the run stopped early: its estimate went non-finite
-    alarm_steps = [r["step"] for r in rows if r.get("alarm")]
     coverage = {f"final_{k}": _mean_last([r.get(k) for r in rows], 100) for k in COVERAGE}
     return {
         "overrides": job["overrides"],
@@ -94,7 +94,7 @@ def run_job(job: dict) -> dict:
         "max_std_ratio_after_convergence": max_after,
         "steps": int(config.training.steps),
         "wall_seconds": round(time.perf_counter() - started, 3),
-        "alarm_step": alarm_steps[0] if alarm_steps else None,
+        "alarm_step": first_alarm(steps, series["alarm_ema"]),
         **coverage,
         "_series": {"step": steps.tolist(), **{k: [_finite_or_none(v) for v in s] for k, s in series.items()}},
     }
@@ -156,4 +156,19 @@ def run_stress(
     (out_dir / "results.json").write_text(json.dumps(document, indent=2))
     (out_dir / "series.json").write_text(json.dumps(series))
     write_report(out_dir, results, series, grid)
+    return document
+
+
+def rewrite_report(out_dir: Path) -> dict:
+    """Recompute what derives from the recorded series (the alarm step) and rewrite
+    results.json, report.md and the plots of an existing stress directory."""
+    from falcon_lite.engine.report import write_report
+
+    out_dir = Path(out_dir)
+    document = json.loads((out_dir / "results.json").read_text())
+    series = json.loads((out_dir / "series.json").read_text())
+    for row, s in zip(document["runs"], series):
+        row["alarm_step"] = first_alarm(s["step"], s.get("alarm_ema", []))
+    (out_dir / "results.json").write_text(json.dumps(document, indent=2))
+    write_report(out_dir, document["runs"], series, document["grid"])
     return document
