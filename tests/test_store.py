@@ -547,3 +547,14 @@ def test_mirror_sync_sees_whole_changes_while_a_writer_appends(engine):
     rows = [r for r in db_rows(engine, run_id) if r.status < 3]
     assert list(mirror.seq) == [r.seq for r in rows] and list(mirror.status) == [r.status for r in rows]
 
+
+
+def test_event_data_with_non_finite_numbers_is_stored_as_null(engine):
+    """JSON has no NaN: PostgreSQL refused a diagnostics event whose loss was NaN."""
+    run_id = new_run(engine)
+    factory = session_factory(engine)
+    with factory.begin() as s:
+        runs.add_event(s, run_id, "diagnostics", {"step": 0, "loss": float("nan"), "rows": [{"x": float("inf")}]})
+    with factory.begin() as s:
+        event = runs.events_since(s, run_id)[-1]
+        assert (event.kind, event.data) == ("diagnostics", {"step": 0, "loss": None, "rows": [{"x": None}]})

@@ -180,11 +180,25 @@ def metrics_since(
     return out
 
 
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity (PostgreSQL refuses them): non-finite floats become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def add_event(session: Session, run_id: int, kind: str, data: dict[str, Any] | None = None) -> Event:
-    """Record an event for the run (ids increase, so readers resume with `events_since`)."""
+    """Record an event for the run (ids increase, so readers resume with `events_since`).
+
+    Non-finite numbers in `data` are stored as null.
+    """
     if not kind:
         raise ValueError("event kind must be a non-empty string")
-    event = Event(run_id=run_id, kind=kind, data=dict(data or {}), created=utcnow())
+    event = Event(run_id=run_id, kind=kind, data=_json_safe(dict(data or {})), created=utcnow())
     session.add(event)
     session.flush()
     return event
