@@ -11,6 +11,10 @@
   re-runs __init__ and so rebuilds itself from the last checkpoint in the database.
 - Supervisor (named, detached): owns the others and drives the pipeline with a bounded
   number of simulation batches in flight, handling them in the order they finish.
+
+Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
+including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
+as one), where a run would die with the API process. A 2-CPU node still holds ~200 actors.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class ProposalSampler:
     def __init__(self, config: dict):
         _one_thread()
@@ -49,7 +53,7 @@ class ProposalSampler:
         return loop.propose_from(self.state, step, posterior)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class SimulatorActor:
     def __init__(self, config: dict, index: int):
         _one_thread()
@@ -72,7 +76,7 @@ class SimulatorActor:
             return np.full_like(proposed.theta, np.nan), node
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0)
 class Trainer:
     def __init__(self, run_id: int, database_url: str):
         _one_thread()
@@ -125,7 +129,7 @@ class Trainer:
         self.engine.dispose()
 
 
-@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=8)
+@ray.remote(num_cpus=0.01, max_restarts=0, max_concurrency=8)
 class Supervisor:
     """One run's owner. `start` launches the pipeline in a thread; `stop` ends it gracefully."""
 
