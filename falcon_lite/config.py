@@ -71,8 +71,16 @@ class PriorConfig(Strict):
         return self
 
 
+# Named estimator settings. "calibrated": a residual mean head (mu(x) = x + r(x)) on online-
+# standardised inputs and outputs; it stays calibrated with prior mixing (docs/calibration.md).
+PRESETS: dict[str, dict[str, Any]] = {"calibrated": {"residual": True, "normalize": True}}
+
+
 class EstimatorConfig(Strict):
     name: Literal["gaussian_ema", "gaussian_nle"] = "gaussian_ema"
+    preset: Literal["calibrated"] | None = Field(
+        default=None, description="Named settings applied on top of the fields: " + ", ".join(PRESETS)
+    )
     hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 64])
     activation: Literal["tanh", "relu", "gelu", "silu"] = "tanh"
     dtype: Literal["float64", "float32"] = "float64"
@@ -82,6 +90,14 @@ class EstimatorConfig(Strict):
     loss: Literal["mse", "nll"] = "mse"
     variance_source: Literal["batch", "validation"] = "batch"
     importance_weighting: bool = False
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> EstimatorConfig:
+        for name, value in PRESETS.get(self.preset, {}).items():
+            if name in self.model_fields_set and getattr(self, name) != value:
+                raise ValueError(f"preset {self.preset!r} sets {name}={value}: drop {name} or the preset")
+            object.__setattr__(self, name, value)
+        return self
 
 
 class ProposalConfig(Strict):
@@ -154,15 +170,17 @@ def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     >>> with_overrides(RunConfig(), {"buffer.prior_fraction": 0.2}).buffer.prior_fraction
     0.2
     """
-    data = config.model_dump()
+    known = config.model_dump()
+    data = config.model_dump(exclude_unset=True)  # defaults and presets are applied again
     for path, value in overrides.items():
-        node = data
+        node, known_node = data, known
         *parents, leaf = path.split(".")
         for key in parents:
-            if not isinstance(node.get(key), dict):
+            if not isinstance(known_node.get(key), dict):
                 raise KeyError(f"unknown config key {path!r}")
-            node = node[key]
-        if leaf not in node:
+            known_node = known_node[key]
+            node = node.setdefault(key, {})
+        if leaf not in known_node:
             raise KeyError(f"unknown config key {path!r}")
         node[leaf] = value
     return RunConfig.model_validate(data)
