@@ -193,3 +193,15 @@ def test_stress_rejects_a_bad_grid_up_front(tmp_path):
     with pytest.raises(ValidationError, match="prior_fraction"):
         run_stress({"buffer.prior_fraction": [2.0]}, seeds=1, steps=5, out_dir=tmp_path)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_calibrated_preset_sets_its_options_and_refuses_a_contradiction():
+    c = with_overrides(RunConfig(), {"estimator.preset": "calibrated"})
+    assert (c.estimator.residual, c.estimator.normalize) == (True, True)
+    # stays applied through dump / re-validate and further overrides
+    again = with_overrides(RunConfig.model_validate(c.model_dump(mode="json")), {"buffer.prior_fraction": 0.2})
+    assert (again.estimator.residual, again.estimator.normalize) == (True, True)
+    with pytest.raises(ValidationError, match="preset 'calibrated' sets residual=True"):
+        RunConfig.model_validate({"estimator": {"preset": "calibrated", "residual": False}})
+    with pytest.raises(ValidationError, match="preset"):
+        RunConfig.model_validate({"estimator": {"preset": "fastest"}})
