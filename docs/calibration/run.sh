@@ -11,3 +11,4 @@ $fl stress --base docs/calibration/exp3d.json --grid estimator.preset=calibrated
 $fl stress --grid estimator.preset=calibrated --grid buffer.prior_fraction=0.2 --seeds 5 --steps 20000 --workers $W --out docs/calibration/gaussian1d-20k
 $fl stress --base docs/calibration/gaussian3d.json --grid estimator.preset=calibrated --grid buffer.prior_fraction=0.2 --seeds 5 --steps 20000 --workers $W --out docs/calibration/gaussian3d-20k
 $fl stress --base docs/calibration/exp3d.json --grid estimator.preset=calibrated --grid buffer.prior_fraction=0.2 --seeds 5 --steps 20000 --workers $W --out docs/calibration/exp3d-20k
+.venv/bin/python docs/calibration/table.py
