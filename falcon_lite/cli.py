@@ -25,9 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--database-url", help="default: DATABASE_URL or the embedded SQLite file")
     p.set_defaults(func=_migrate)
 
-    from falcon_lite.engine import cli as engine_cli
+    from falcon_lite import commands
 
-    engine_cli.add_commands(sub)
+    commands.add_commands(sub)
     # Further verbs (serve, runs, ...) come from installed packages through an entry-point
     # group, so that falcon_lite never imports the service layer above it.
     for entry in entry_points(group="falcon_lite.commands"):

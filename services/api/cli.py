@@ -94,7 +94,7 @@ def remote_stress(server: str, grid: dict[str, list], seeds: int, steps: int, ou
 
 
 def cmd_remote_stress(args: argparse.Namespace) -> int:
-    from falcon_lite.engine.cli import parse_grid
+    from falcon_lite.commands import parse_grid
 
     base = json.loads(Path(args.base).read_text()) if args.base else None
     document = remote_stress(args.server, parse_grid(args.grid or []), args.seeds, args.steps, args.out, base)

@@ -1,4 +1,6 @@
-"""CLI verbs of the engine: `run` (one run, inline or on Ray) and `stress` (a policy matrix)."""
+"""CLI verbs `run` (one run, inline or on Ray) and `stress` (a policy matrix).
+
+Top-level, above the engine and the runtime, since `run --ray` uses both."""
 
 from __future__ import annotations
 
