@@ -25,7 +25,6 @@ import uuid
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-import numpy as np
 import sqlalchemy as sa
 import torch
 
