@@ -174,3 +174,25 @@ def test_lost_supervisor_marks_the_run_failed_and_it_resumes(control):
     wait_step(control, run_id, run_row(control, run_id)[1] + 10)
     control.stop(run_id)
     assert control.wait(run_id, timeout=60) == "stopped"
+
+
+def test_an_unreachable_ray_address_fails_fast_and_names_it(tmp_path):
+    """In a fresh process (no Ray yet): RunControl refuses at once instead of hanging."""
+    import subprocess
+    import sys
+
+    from falcon_lite.runtime.control import probe_ray_address
+
+    with pytest.raises(ConnectionError, match="cannot reach Ray at 127.0.0.1:1"):
+        probe_ray_address("127.0.0.1:1", timeout=2)
+    probe_ray_address(None)  # local Ray: nothing to probe
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    code = (
+        "from falcon_lite.store.db import migrate; from falcon_lite.settings import Settings\n"
+        "from falcon_lite.runtime.control import RunControl\n"
+        f"migrate({url!r})\n"
+        f"RunControl(Settings(ray_address='127.0.0.1:1'), database_url={url!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "ConnectionError: cannot reach Ray at 127.0.0.1:1" in done.stderr

@@ -7,6 +7,7 @@ supervisors. Every call returns once the request is accepted; none waits for a r
 
 from __future__ import annotations
 
+import socket
 import time
 
 import numpy as np
@@ -26,10 +27,25 @@ def supervisor_name(run_id: int) -> str:
     return f"falcon-lite-run-{run_id}"
 
 
+def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the address, when a `host:port` Ray address does not answer
+    (`ray.init` itself waits minutes on an address where nothing listens)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConnectionError(f"cannot reach Ray at {address}: {exc}") from exc
+
+
 def connect_ray(settings: Settings) -> None:
     """Join RAY_ADDRESS's cluster, or start a local one (the embedded default)."""
     if ray.is_initialized():
         return
+    probe_ray_address(settings.ray_address)
     ray.init(
         address=settings.ray_address or None,
         namespace=settings.ray_namespace,
