@@ -16,7 +16,6 @@ from falcon_lite.engine.loop import held_out, ingest, propose, simulate, sizes_o
 from falcon_lite.engine.state import RunState, new_state, restore
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
-from falcon_lite.store.models import Sample
 from falcon_lite.store.samples import SampleStore
 
 PURGE_EVERY = 50
@@ -69,14 +68,6 @@ class Recorder:
                 self.regime = regime
 
 
-def last_sample_step(session, run_id: int, window: int = 4096) -> int | None:
-    """The newest step among the run's most recently stored samples (bounded: no table scan)."""
-    recent = (
-        sa.select(Sample.step).where(Sample.run_id == run_id).order_by(Sample.seq.desc()).limit(window).subquery()
-    )
-    return session.execute(sa.select(sa.func.max(recent.c.step))).scalar()
-
-
 def load_state(engine: sa.Engine, run_id: int) -> RunState:
     """The run's state from its newest checkpoint, or a fresh one.
 
@@ -87,7 +78,7 @@ def load_state(engine: sa.Engine, run_id: int) -> RunState:
     with session_factory(engine).begin() as session:
         config = RunConfig.model_validate(runs.get_run(session, run_id).config)
         saved = runs.latest_checkpoint(session, run_id)
-        last_stored = last_sample_step(session, run_id)
+        last_stored = runs.last_sample_step(session, run_id)
     state = restore(config, saved[1]) if saved else new_state(config)
     if last_stored is not None:
         state.next_proposal = max(state.next_proposal, last_stored + 1)

@@ -244,3 +244,11 @@ def latest_checkpoint(session: Session, run_id: int) -> tuple[int, bytes] | None
         .limit(1)
     ).one_or_none()
     return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def last_sample_step(session: Session, run_id: int, window: int = 4096) -> int | None:
+    """The newest step among the run's most recently stored samples (bounded: no table scan)."""
+    recent = (
+        select(Sample.step).where(Sample.run_id == run_id).order_by(Sample.seq.desc()).limit(window).subquery()
+    )
+    return session.execute(select(func.max(recent.c.step))).scalar()
