@@ -129,17 +129,17 @@ def test_rotate_examples() -> None:
     assert rotate([Live(T, Q), Live(V, Q), Live(V, Q)], Sizes(0, 1, 1, 0.0)) == {0: X, 1: X, 2: T}
 
 
-def test_prior_draws_is_the_smallest_count_that_keeps_the_share() -> None:
+def test_prior_draws_keeps_every_batch_and_the_run_at_the_share() -> None:
     for f in (0.0, 0.1, 0.2, 0.25, 1 / 3, 0.5, 1.0):
-        for total in range(0, 12):
-            for drawn_prior in range(total + 1):
-                for n in range(0, 9):
-                    k = prior_draws(f, drawn_prior, total, n)
-                    assert 0 <= k <= n
-                    need = math.ceil(round(f * (total + n), 9))
-                    assert drawn_prior + k >= need or k == n
-                    if k > 0:
-                        assert drawn_prior + k - 1 < need
+        drawn_prior = drawn_total = 0
+        for n in (1, 2, 3, 5, 8, 16, 128, 7, 1):
+            k = prior_draws(f, n)
+            assert 0 <= k <= n
+            assert k >= f * n - 1e-9  # this batch holds its share...
+            assert k == 0 or k - 1 < f * n - 1e-9  # ...and no more than needed
+            drawn_prior, drawn_total = drawn_prior + k, drawn_total + n
+            assert drawn_prior >= f * drawn_total - 1e-9  # so the run keeps it too
+    assert prior_draws(0.2, 128) == 26
 
 
 def test_batch_prior_count_and_required_prior() -> None:

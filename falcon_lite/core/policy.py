@@ -19,7 +19,7 @@ Rules, applied in order after every append:
    the pool's size after it; a prior sample that would break this is skipped and the
    next-oldest proposal sample goes instead.
 
-The quota at simulation time (``prior_draws``) and at batch time (``batch_prior_count``)
+The quota at simulation time (``prior_draws``, per batch) and at batch time (``batch_prior_count``)
 are here too: all three are the same rule seen from different points.
 """
 
@@ -155,14 +155,15 @@ def _evict(
     return evicted
 
 
-def prior_draws(f: float, drawn_prior: int, drawn_total: int, n: int) -> int:
-    """How many of the next `n` parameters must come from the prior (simulation quota).
+def prior_draws(f: float, n: int) -> int:
+    """How many of a batch of `n` simulations must come from the prior (simulation quota).
 
-    The run's cumulative prior share never drops below f: the smallest count k with
-    ``drawn_prior + k >= ceil(f * (drawn_total + n))``.
+    Every batch carries its own share, ceil(f * n), which keeps the run's cumulative share
+    >= f too. Counting per batch rather than over the run matters: after an all-prior
+    warm-up a cumulative count would draw no prior samples for thousands of steps. It also
+    makes a step's draws depend on (seed, step) alone.
     """
-    need = required_prior(f, drawn_total + n) - drawn_prior
-    return min(n, max(0, need))
+    return min(n, required_prior(f, n))
 
 
 def batch_prior_count(f: float, batch_size: int, prior_available: int) -> int:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from falcon_lite.core import alarm, diagnostics
-from falcon_lite.core.policy import Origin, Sizes, required_prior
+from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
 from falcon_lite.core.training import set_lr, train_step
 from falcon_lite.engine.state import BATCH, NOISE, PRIOR, PROPOSAL, RunState, rng
@@ -58,11 +58,7 @@ def propose_from(state: RunState, step: int, posterior: tuple | None) -> Propose
         proposal, n_prior = None, n
     else:
         proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
-        # Every batch carries its own prior share (the seed's mixed sampling), which keeps the
-        # run's cumulative share >= f too. Counting per batch rather than over the run matters:
-        # after an all-prior warm-up a cumulative count would draw no prior samples for
-        # thousands of steps.
-        n_prior = min(n, required_prior(state.config.buffer.prior_fraction, n))
+        n_prior = prior_draws(state.config.buffer.prior_fraction, n)
     theta, origin, log_q, log_prior = draw_parameters(
         state.prior, proposal, n, n_prior, rng(state.seed, PRIOR, step), rng(state.seed, PROPOSAL, step)
     )
