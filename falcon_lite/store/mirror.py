@@ -136,16 +136,38 @@ class Mirror:
         if result.version != self.version + 1:
             self.sync()
             return
-        c = check_samples(theta, x, origin, log_q, log_prior, self.store.dim, self.store.dtype)
+        c = result.checked_for(theta, x, origin, log_q, log_prior)
+        if c is None:
+            c = check_samples(theta, x, origin, log_q, log_prior, self.store.dim, self.store.dtype)
         ok = c.ok
         if int(ok.sum()) != result.accepted:
             raise ValueError("apply() needs the very arrays that were appended")
-        seq = np.arange(result.first_seq, result.first_seq + result.accepted, dtype=np.int64)
-        self._merge(
-            seq, np.full(len(seq), _VALIDATION, np.int8), c.origin[ok], c.theta[ok], c.x[ok],
-            c.log_q[ok], c.log_prior[ok],
-        )
-        self._merge(result.move_seqs, result.move_status.astype(np.int8))
+        first, n_new = result.first_seq, result.accepted
+        moved, to = result.move_seqs, result.move_status.astype(np.int8)
+        fresh = moved >= first  # new rows that left VALIDATION in the same change
+        status = np.full(n_new, _VALIDATION, np.int8)
+        status[moved[fresh] - first] = to[fresh]
+        old, old_to = moved[~fresh], to[~fresh]
+        pos = np.searchsorted(self.seq, old)
+        if len(old) and (pos.max() >= len(self.seq) or (self.seq[pos] != old).any()):
+            self.sync()  # cannot happen while this mirror holds version - 1; stay correct anyway
+            return
+        self.status[pos] = old_to
+        live = status < TOMBSTONE
+        if not live.all():
+            ok = ok.copy()
+            ok[np.flatnonzero(ok)[~live]] = False
+        if ok.any():
+            self.seq = np.concatenate([self.seq, np.arange(first, first + n_new, dtype=np.int64)[live]])
+            self.status = np.concatenate([self.status, status[live]])
+            self.origin = np.concatenate([self.origin, c.origin[ok]])
+            self.theta = np.concatenate([self.theta, c.theta[ok]])
+            self.x = np.concatenate([self.x, c.x[ok]])
+            self.log_q = np.concatenate([self.log_q, c.log_q[ok]])
+            self.log_prior = np.concatenate([self.log_prior, c.log_prior[ok]])
+        if (old_to >= TOMBSTONE).any():
+            self._take(np.flatnonzero(self.status < TOMBSTONE))
+        self._reindex()
         self.version = result.version
 
     def heartbeat(self) -> None:

@@ -13,7 +13,9 @@ each change gets the next run ``version``. A change:
    inserts the new rows with their status after the rotation (a new row promoted or
    evicted at once is the same history collapsed into one transaction), and adjusts
    ``status_counts`` so `composition` never scans ``samples``. On PostgreSQL these three
-   writes are one statement; on SQLite, a few.
+   writes are one statement; on SQLite, three executemany calls of fixed statements on
+   the transaction's DBAPI cursor (precomputed tuples: no per-statement SQLAlchemy work on
+   the hot path; driver errors still surface as SQLAlchemy's).
 
 Rows whose theta or x hold NaN/inf (or whose log_q/log_prior is NaN) are not stored;
 they are counted in ``runs.rejected``. Readers (`falcon_lite.store.mirror.Mirror`)
@@ -29,12 +31,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
 from sqlalchemy import BigInteger, ColumnElement, Connection, Engine, any_, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import DBAPIError
 
 from falcon_lite.core.policy import TRAINABLE, Origin, Sizes, Status
 from falcon_lite.store.db import check_schema, writer
@@ -67,6 +70,14 @@ class AppendResult:
     version: int
     move_seqs: np.ndarray = field(repr=False)
     move_status: np.ndarray = field(repr=False)
+    # the validated input, and the very arrays it came from (`Mirror.apply` reuses it for them)
+    checked: Checked | None = field(default=None, repr=False, compare=False)
+    inputs: tuple = field(default=(), repr=False, compare=False)
+
+    def checked_for(self, *arrays) -> Checked | None:
+        """The validated input if `arrays` are the very objects that were appended, else None."""
+        same = len(arrays) == len(self.inputs) and all(a is b for a, b in zip(arrays, self.inputs))
+        return self.checked if same else None
 
     @property
     def moves(self) -> dict[int, Status]:
@@ -126,9 +137,9 @@ def check_samples(theta, x, origin, log_q, log_prior, dim: int, dtype: np.dtype)
     if origin.dtype == np.bool_:
         origin = np.where(origin, int(Origin.PRIOR), int(Origin.PROPOSAL)).astype(np.int8)
     elif np.issubdtype(origin.dtype, np.integer):
-        if n and not np.isin(origin, (int(Origin.PRIOR), int(Origin.PROPOSAL))).all():
+        if n and (origin.min() < int(Origin.PRIOR) or origin.max() > int(Origin.PROPOSAL)):
             raise InvalidSampleError(f"origin values must be Origin.PRIOR (0) or Origin.PROPOSAL (1), got {np.unique(origin)}")
-        origin = origin.astype(np.int8)
+        origin = origin.astype(np.int8, copy=False)
     else:
         raise InvalidSampleError(f"origin must be an integer (Origin) or bool (True = prior) array, got dtype {origin.dtype}")
     vectors = {}
@@ -138,7 +149,7 @@ def check_samples(theta, x, origin, log_q, log_prior, dim: int, dtype: np.dtype)
             raise InvalidSampleError(f"{name} must have shape ({n},), got {value.shape}")
         if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
             raise InvalidSampleError(f"{name} must be a float array, got dtype {value.dtype}")
-        vectors[name] = value.astype(np.float64)
+        vectors[name] = value.astype(np.float64, copy=False)
     ok = (
         np.isfinite(arrays["theta"]).all(axis=1)
         & np.isfinite(arrays["x"]).all(axis=1)
@@ -169,6 +180,9 @@ class SampleStore:
         self.sizes = sizes
         self.dim = dim
         self.postgres = engine.dialect.name == "postgresql"
+        # ``runs.updated`` as Core would store it (the raw SQLite path binds it itself)
+        bind = RUNS.c.updated.type.dialect_impl(engine.dialect).bind_processor(engine.dialect)
+        self._now = utcnow if self.postgres or bind is None else (lambda: bind(utcnow()))
         self._mirrors: weakref.WeakSet = weakref.WeakSet()
         self._write_lock = threading.RLock()
         self._window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -187,15 +201,13 @@ class SampleStore:
         n_ok = int(checked.ok.sum())
         n_bad = len(checked.ok) - n_ok
         with self._change() as conn:
-            next_seq, version = self._lock(
-                conn, next_seq=RUNS.c.next_seq + n_ok, appended=RUNS.c.appended + n_ok,
-                rejected=RUNS.c.rejected + n_bad,
-            )
+            next_seq, version = self._lock(conn, appended=n_ok, rejected=n_bad)
             first_seq = next_seq - n_ok
             new_seq = np.arange(first_seq, next_seq, dtype=np.int64)
             new_origin = checked.origin[checked.ok]
             move_seqs, move_status = self._rotate_and_write(conn, version, new_seq, new_origin, checked, int(step))
-        return AppendResult(n_ok, n_bad, first_seq, version, move_seqs, move_status)
+        return AppendResult(n_ok, n_bad, first_seq, version, move_seqs, move_status, checked,
+                            (theta, x, origin, log_q, log_prior))
 
     def disfavour(self, seqs) -> int:
         """Mark TRAINING samples DISFAVOURED (others are ignored), then rotate; return how many moved."""
@@ -295,15 +307,15 @@ class SampleStore:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _lock(self, conn: Connection, bump: bool = True, **values) -> tuple[int, int]:
-        """Lock the run row (an UPDATE), bump its version; return (next_seq, version) after."""
-        if bump:
-            values["version"] = RUNS.c.version + 1
-        values["updated"] = utcnow()
-        row = conn.execute(
-            update(RUNS).where(RUNS.c.id == self.run_id).values(**values)
-            .returning(RUNS.c.next_seq, RUNS.c.version)
-        ).one_or_none()
+    def _lock(self, conn: Connection, bump: bool = True, appended: int = 0, rejected: int = 0) -> tuple[int, int]:
+        """Lock the run row (an UPDATE), bump its version, count `appended` new seqs and
+        `rejected` rows; return (next_seq, version) after. One fixed statement on each database."""
+        params = (appended, appended, rejected, int(bump), self._now(), self.run_id)
+        if self.postgres:
+            row = conn.execute(_PG_LOCK, dict(zip(_LOCK_NAMES, params))).one_or_none()
+        else:
+            with _driver_cursor(conn) as cursor:
+                row = cursor.execute(_SQLITE_LOCK, params).fetchone()
         if row is None:
             raise NotFoundError(f"run {self.run_id} not found")
         return int(row[0]), int(row[1])
@@ -412,48 +424,77 @@ class SampleStore:
         return SAMPLES.c.seq.in_(values)
 
     def _update_moves(self, conn: Connection, version: int, seqs, olds, news) -> None:
-        """SQLite: per (old, new) pair, ``UPDATE ... WHERE status = old AND seq IN (...)`` at driver level."""
-        pairs = 4 * olds.astype(np.int64) + news
-        for pair in np.unique(pairs).tolist():
-            old, new = divmod(pair, 4)
-            for chunk in _chunks(seqs[pairs == pair].tolist()):
-                marks = ", ".join("?" * len(chunk))
-                changed = conn.exec_driver_sql(
-                    f"UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND status = ? AND seq IN ({marks})",
-                    (new, version, self.run_id, old, *chunk),
-                ).rowcount
-                self._check_changed(changed, len(chunk))
+        """SQLite: one driver-level executemany, ``UPDATE ... WHERE seq = ? AND status = old`` per row."""
+        if not len(seqs):
+            return
+        n = len(seqs)
+        rows = zip(news.tolist(), repeat(version, n), repeat(self.run_id, n), seqs.tolist(), olds.tolist())
+        with _driver_cursor(conn) as cursor:
+            cursor.executemany(_SQLITE_MOVE, rows)
+            self._check_changed(cursor.rowcount, n)
 
     def _check_changed(self, changed: int, expected: int) -> None:
         if changed != expected:
             raise ConflictError(f"run {self.run_id}: {expected - changed} samples changed status concurrently")
 
     def _add_counts(self, conn: Connection, delta: Counter) -> None:
-        params = [
-            {"b_status": s, "b_origin": o, "b_n": d} for (s, o), d in sorted(delta.items()) if d
-        ]
+        """Add `delta` {(status, origin): d} to ``status_counts`` (one executemany)."""
+        params = [(d, self.run_id, s, o) for (s, o), d in sorted(delta.items()) if d]
         if not params:
             return
-        conn.execute(
-            update(COUNTS)
-            .where(COUNTS.c.run_id == self.run_id, COUNTS.c.status == bindparam("b_status"),
-                   COUNTS.c.origin == bindparam("b_origin"))
-            .values(n=COUNTS.c.n + bindparam("b_n")),
-            params,
-        )
+        if self.postgres:  # (off the hot path: PostgreSQL appends count inside `_write_pg`)
+            names = ("b_n", "b_run", "b_status", "b_origin")
+            conn.execute(_PG_COUNTS, [dict(zip(names, p)) for p in params])
+            return
+        with _driver_cursor(conn) as cursor:
+            cursor.executemany(_SQLITE_COUNTS, params)
+            changed = cursor.rowcount  # sqlite3 sums executemany's rows
+        if changed != len(params):
+            raise ConflictError(f"run {self.run_id}: status counts missing ({changed} of {len(params)} rows)")
 
     def _insert(self, conn: Connection, c: Checked, seq: np.ndarray, status: np.ndarray, step: int,
                 version: int) -> None:
-        """SQLite: one driver-level executemany of the new rows."""
+        """SQLite: one driver-level executemany of the new rows (blobs cut without a Python loop)."""
         ok = c.ok
-        rows = list(zip(
-            [self.run_id] * len(seq), seq.tolist(), status.tolist(), c.origin[ok].tolist(), [step] * len(seq),
-            [t.tobytes() for t in c.theta[ok]], [x.tobytes() for x in c.x[ok]],
-            c.log_q[ok].tolist(), c.log_prior[ok].tolist(), [version] * len(seq),
-        ))
-        conn.exec_driver_sql(_SQLITE_INSERT, rows)
+        n = len(seq)
+        theta, x = (np.ascontiguousarray(a[ok]) for a in (c.theta, c.x))
+        blob = np.dtype(f"V{self.dim * self.dtype.itemsize}")
+        rows = zip(
+            repeat(self.run_id, n), seq.tolist(), status.tolist(), c.origin[ok].tolist(), repeat(step, n),
+            theta.view(blob).reshape(n).tolist(), x.view(blob).reshape(n).tolist(),
+            c.log_q[ok].tolist(), c.log_prior[ok].tolist(), repeat(version, n),
+        )
+        with _driver_cursor(conn) as cursor:
+            cursor.executemany(_SQLITE_INSERT, rows)
 
 
+@contextmanager
+def _driver_cursor(conn: Connection) -> Iterator[Any]:
+    """A DBAPI cursor inside `conn`'s transaction, for the hot path (no per-statement SQLAlchemy
+    work); driver errors come out as SQLAlchemy's `DBAPIError` subclasses, as from `execute`."""
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
+
+
+_LOCK_NAMES = ("next", "appended", "rejected", "bump", "updated", "run_id")
+_LOCK_SET = (
+    "UPDATE runs SET next_seq = next_seq + {0}, appended = appended + {1}, rejected = rejected + {2}, "
+    "version = version + {3}, updated = {4} WHERE id = {5} RETURNING next_seq, version"
+)
+_SQLITE_LOCK = _LOCK_SET.format(*"??????")
+_PG_LOCK = text(_LOCK_SET.format(*(f":{n}" for n in _LOCK_NAMES))).bindparams(
+    bindparam("updated", type_=RUNS.c.updated.type)
+)
+_SQLITE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq = ? AND status = ?"
+_SQLITE_COUNTS = "UPDATE status_counts SET n = n + ? WHERE run_id = ? AND status = ? AND origin = ?"
+_PG_COUNTS = text(
+    "UPDATE status_counts SET n = n + :b_n WHERE run_id = :b_run AND status = :b_status AND origin = :b_origin"
+)
 _SQLITE_INSERT = (
     "INSERT INTO samples (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
