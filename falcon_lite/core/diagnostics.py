@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -130,14 +131,26 @@ def expected_coverage(est, theta, x, levels=(0.5, 0.68, 0.95)) -> dict:
     ``coverage_<round(100 L)>``: the share over all rows and dims (calibrated: ~L), and
     ``coverage_<round(100 L)>_<d>`` per dim.
     """
+    return coverage(theta, *est.posterior_batch(x), levels)
+
+
+def coverage(theta, mean, var, levels=(0.5, 0.68, 0.95), per_dim: bool = True) -> dict:
+    """`expected_coverage` from posterior means and variances (n, D) already computed at the
+    rows' x (so a caller that needs them for something else makes one forward pass)."""
     theta = np.asarray(theta, dtype=np.float64)
-    mean, var = est.posterior_batch(x)
     z = np.abs(theta.reshape(mean.shape) - mean) / np.sqrt(var)
     out: dict = {}
     for level in levels:
-        inside = z < NormalDist().inv_cdf((1.0 + level) / 2.0)
+        inside = z < _half_width(level)
         key = f"coverage_{round(100 * level)}"
         out[key] = float(inside.mean())
-        for d in range(inside.shape[1]):
-            out[f"{key}_{d}"] = float(inside[:, d].mean())
+        if per_dim:
+            for d in range(inside.shape[1]):
+                out[f"{key}_{d}"] = float(inside[:, d].mean())
     return out
+
+
+@lru_cache(maxsize=64)
+def _half_width(level: float) -> float:
+    """Phi^-1((1 + level) / 2): the half-width, in standard deviations, of the central interval."""
+    return NormalDist().inv_cdf((1.0 + level) / 2.0)

@@ -6,10 +6,10 @@ from its actors (proposal sampler, simulators, trainer).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
@@ -38,11 +38,33 @@ def sizes_of(state: RunState) -> Sizes:
     return Sizes(b.validation_size, b.min_training, b.max_training, b.prior_fraction)
 
 
+def posterior_at_obs(state: RunState) -> tuple[np.ndarray, np.ndarray]:
+    """The learned posterior (mean, var) at x_obs with the current weights (read-only arrays).
+
+    For the NPE estimator one forward pass per optimizer step: `diagnose` after step s and the
+    proposal of step s + 1 see the same weights, so the second reuses the first's result until
+    `train` changes them. (An NLE posterior moves its MAP warm start, so it is not reused.)
+    """
+    cached = _AT_OBS.get(state.estimator)
+    if cached is not None and cached[0] == state.step:
+        return cached[1], cached[2]
+    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    if state.config.estimator.name == "gaussian_ema":
+        mean.setflags(write=False)
+        var.setflags(write=False)
+        _AT_OBS[state.estimator] = (state.step, mean, var)
+    return mean, var
+
+
+# estimator -> (optimizer steps taken, mean, var) of its posterior at x_obs; `train` drops the entry
+_AT_OBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The posterior (mean, var) at x_obs that steers step `step`; None during the prior-only warm-up."""
     if step < state.config.training.warmup_steps:
         return None
-    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    mean, var = posterior_at_obs(state)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var)) and np.all(var > 0)):
         raise RunDiverged(f"step {step}: posterior at x_obs has mean {mean} and variance {var}")
     return mean, var
@@ -86,24 +108,22 @@ def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
 
 def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
     """Ground-truth-free checks on a fresh batch before it is trained on: the explosion
-    alarm (core/alarm.py) and the expected coverage of the current posterior.
+    alarm (core/alarm.py) and the expected coverage of the current posterior, both from one
+    forward pass over the batch.
 
     Only for the NPE estimator (an NLE posterior at every x would need a MAP fit each).
     """
     if state.config.estimator.name != "gaussian_ema":
         return {}
-    keep = (proposed.origin == Origin.PROPOSAL) & np.all(np.isfinite(x), axis=1)
+    keep = (proposed.origin == Origin.PROPOSAL) & np.isfinite(x).all(axis=1)
     if np.count_nonzero(keep) < 2:
         return {}
     theta, x = proposed.theta[keep], x[keep]
-    with torch.no_grad():
-        mean, _ = state.estimator.posterior_batch(x)
+    mean, var = state.estimator.posterior_batch(x)  # (no grad)
     z = float(np.max(alarm.residual_z(theta, mean)))
     raised = state.alarm.observe(z)
     row = {"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)}
-    with torch.no_grad():
-        coverage = diagnostics.expected_coverage(state.estimator, theta, x)
-    row.update({k: v for k, v in coverage.items() if k.count("_") == 1})
+    row.update(diagnostics.coverage(theta, mean, var, per_dim=False))
     return row
 
 
@@ -133,6 +153,7 @@ def train(state: RunState, mirror, step: int) -> dict:
     if mirror.trainable_size == 0:
         return {"loss": float("nan"), "ess": 1.0}
     set_lr(state.optimizer, state.lr(step))
+    _AT_OBS.pop(state.estimator, None)  # the weights change below
     batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), cfg.buffer.prior_fraction)
     validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None
     return train_step(state.estimator, state.optimizer, batch, validation)
@@ -153,7 +174,7 @@ def disfavoured(state: RunState, mirror, step: int) -> np.ndarray:
 
 def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
     """The step's metrics row: the estimate against the truth, the loss, and the buffer's mix."""
-    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    mean, var = posterior_at_obs(state)
     true_mean, true_std = state.truth
     row = {"step": step, "loss": stats["loss"], "ess": stats.get("ess", 1.0), "lr": state.lr(step)}
     summary = diagnostics.summarize(mean, var, true_mean, true_std)
@@ -166,13 +187,11 @@ def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
 
 
 def pool_mix(mirror) -> dict:
-    """The buffer's live composition as the trainer sees it (no query)."""
-    pool = mirror.trainable()
-    n_prior = int(np.count_nonzero(pool.origin == Origin.PRIOR))
-    n = len(pool.seq)
+    """The buffer's live composition as the trainer sees it (no query, no copy)."""
+    n, n_prior = mirror.trainable_size, mirror.trainable_prior_size
     return {
         "trainable": float(n),
         "trainable_prior": float(n_prior),
-        "validation": float(len(mirror.validation().seq)),
+        "validation": float(mirror.validation_size),
         "prior_share": n_prior / n if n else 0.0,
     }

@@ -197,6 +197,16 @@ class Mirror:
         return len(self._pool)
 
     @property
+    def trainable_prior_size(self) -> int:
+        """Prior-origin rows in the trainable pool."""
+        return len(self._pool_prior)
+
+    @property
+    def validation_size(self) -> int:
+        """VALIDATION rows (the mirror holds only live rows: the rest is the trainable pool)."""
+        return len(self.seq) - len(self._pool)
+
+    @property
     def size(self) -> int:
         return len(self.seq)
 
