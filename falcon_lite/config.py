@@ -87,8 +87,17 @@ class EstimatorConfig(Strict):
     ema_momentum: Annotated[float, Field(gt=0, le=1)] = 0.01
     normalize: bool = False
     residual: bool = False
+    residual_base: Literal["identity", "log"] = Field(
+        "identity",
+        description='With residual: the known transform the residual is taken around, mu(x) = base(x) + r(x) '
+        '("log" for x = exp(z) + noise).',
+    )
     loss: Literal["mse", "nll"] = "mse"
-    variance_source: Literal["batch", "validation"] = "batch"
+    variance_source: Literal["batch", "validation", "proposal"] = Field(
+        "batch",
+        description="Residuals the EMA variance is taken from: the training batch, the VALIDATION set, or the "
+        "training batch's proposal-origin rows only (the region of x_obs, where the width is measured).",
+    )
     importance_weighting: bool = False
 
     @model_validator(mode="after")
@@ -108,11 +117,33 @@ class ProposalConfig(Strict):
     )
 
 
+Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+class AdaptiveQuotaConfig(Strict):
+    """`buffer.prior_fraction = "adaptive"`: the explosion alarm steers the prior share."""
+
+    low: Fraction = Field(0.0, description="The share while the run is healthy (the base).")
+    high: Fraction = Field(0.5, description="The share the alarm raises it to.")
+    half_life: PositiveInt = Field(
+        500, description="Batches for the share's excess over `low` to halve once the alarm has cleared."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AdaptiveQuotaConfig:
+        if self.low > self.high:
+            raise ValueError("low must not exceed high")
+        return self
+
+
 class BufferConfig(Strict):
     validation_size: NonNegInt = 0
     min_training: NonNegInt = 128
     max_training: PositiveInt = 128
-    prior_fraction: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.0
+    prior_fraction: Fraction | Literal["adaptive"] = Field(
+        0.0, description='The prior-mixing quota f, or "adaptive" (see `adaptive`).'
+    )
+    adaptive: AdaptiveQuotaConfig = Field(default_factory=AdaptiveQuotaConfig)
     simulations_per_step: PositiveInt = 128
 
     @model_validator(mode="after")
@@ -120,6 +151,11 @@ class BufferConfig(Strict):
         if self.min_training > self.max_training:
             raise ValueError("min_training must not exceed max_training")
         return self
+
+    @property
+    def initial_fraction(self) -> float:
+        """The quota a run starts with (the adaptive policy's base)."""
+        return self.adaptive.low if self.prior_fraction == "adaptive" else self.prior_fraction
 
 
 class TrainingConfig(Strict):
@@ -136,6 +172,14 @@ class TrainingConfig(Strict):
 class RuntimeConfig(Strict):
     simulators: PositiveInt = 2
     in_flight: PositiveInt = Field(4, description="Simulation batches in flight ahead of training (Ray).")
+    steps_per_batch: PositiveInt | None = Field(
+        default=1,
+        description=(
+            "Ray: optimizer steps the trainer may take per simulated batch it ingests. 1 (default) is the "
+            "seed's lock-step (each batch trained once, as the inline runtime does); k trains up to k "
+            "steps per batch; null trains continuously on the buffer while batches arrive (falcon-style)."
+        ),
+    )
     simulator_fail_every: PositiveInt | None = Field(
         default=None,
         description="Fault injection: every Nth call of a simulator actor raises (to test recovery).",

@@ -213,6 +213,29 @@ def test_validation_variance_source_uses_updated_model_on_validation_rows():
     assert train_step(est, opt, batch, empty)["variance_source_used"] == "batch"
 
 
+def test_proposal_variance_source_uses_the_proposal_rows_of_the_batch_only():
+    sim, prior, est = build("gaussian_ema", "gaussian1", {"variance_source": "proposal"}, seed=0)
+    opt = make_optimizer(est, 1e-2)
+    batch = mixed_batch(sim, prior, 0)
+    with torch.no_grad():
+        r = torch.as_tensor(batch.theta) - est.head.mean(torch.as_tensor(batch.x))  # before the step
+    stats = train_step(est, opt, batch)
+    rows = torch.as_tensor(batch.origin == 1)
+    assert stats["variance_source_used"] == "proposal"
+    np.testing.assert_allclose(stats["batch_log_var"], torch.log((r[rows] ** 2).mean(0)).numpy(), rtol=1e-10)
+    all_prior = Rows(batch.theta, batch.x, batch.log_q, batch.log_prior, np.zeros_like(batch.origin))
+    assert train_step(est, opt, all_prior)["variance_source_used"] == "batch"  # none to use: all rows
+
+
+def test_log_residual_base_starts_near_the_log():
+    _, _, est = build("gaussian_ema", "exp_noise", {"residual": True, "residual_base": "log"}, seed=0)
+    x = torch.tensor([[math.exp(-5.0), 1.0, math.exp(5.0)]], dtype=torch.float64)
+    with torch.no_grad():
+        np.testing.assert_allclose(est.head.mean(x).numpy(), [[-5.0, 0.0, 5.0]], atol=1e-2)
+    with pytest.raises(ValueError, match="residual_base"):
+        build("gaussian_ema", "exp_noise", {"residual": True, "residual_base": "sqrt"})
+
+
 def test_iw_weights_self_normalised_by_hand():
     w = iw_weights(log_prior=np.log([1.0, 1.0, 2.0]) - 50.0, log_q=np.zeros(3) - 50.0)
     np.testing.assert_allclose(w, [0.25, 0.25, 0.5], rtol=1e-14)

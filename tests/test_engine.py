@@ -205,3 +205,48 @@ def test_calibrated_preset_sets_its_options_and_refuses_a_contradiction():
         RunConfig.model_validate({"estimator": {"preset": "calibrated", "residual": False}})
     with pytest.raises(ValidationError, match="preset"):
         RunConfig.model_validate({"estimator": {"preset": "fastest"}})
+
+
+# -- the adaptive quota ------------------------------------------------------------------
+def test_adaptive_quota_config_is_validated():
+    c = RunConfig.model_validate({"buffer": {"prior_fraction": "adaptive", "adaptive": {"low": 0.05, "high": 0.4}}})
+    assert c.buffer.initial_fraction == 0.05
+    for bad, field in (({"prior_fraction": "sometimes"}, "prior_fraction"),
+                       ({"prior_fraction": "adaptive", "adaptive": {"low": 0.5, "high": 0.2}}, "low must not exceed high"),
+                       ({"adaptive": {"half_life": 0}}, "half_life")):
+        with pytest.raises(ValidationError, match=field):
+            RunConfig.model_validate({"buffer": bad})
+
+
+def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
+    """Raised alarm -> the next batch draws the high share; the quota survives a checkpoint."""
+    from falcon_lite.core.policy import Origin
+    from falcon_lite.engine.loop import Proposed, held_out, propose_from
+    from falcon_lite.engine.state import restore
+
+    config = small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.0,
+                      "buffer.adaptive.high": 0.5, "buffer.adaptive.half_life": 2})
+    state = new_state(config)
+    posterior = (np.array([0.3]), np.array([1e-12]))
+    assert np.count_nonzero(propose_from(state, 30, posterior).origin == Origin.PRIOR) == 0  # base: 0 %
+    state.alarm.armed = True  # a run that was healthy long enough; now fresh residuals far off
+    theta = np.full((32, 1), 0.3) + np.linspace(-1e-6, 1e-6, 32)[:, None]
+    x = theta + 1.0  # the estimate (untrained: mu(x) ~ 0) is off by far more than the spread
+    batch = Proposed(30, theta, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    for _ in range(40):  # the alarm's moving average climbs past its threshold
+        checks = held_out(state, batch, x)
+    assert checks["alarm"] == 1.0 and state.prior_fraction == 0.5
+    assert np.count_nonzero(propose_from(state, 31, posterior).origin == Origin.PRIOR) == 16
+    again = restore(config, state.to_bytes())
+    assert again.prior_fraction == 0.5
+    state.alarm.armed = False  # cleared: the excess halves every half_life observations
+    held_out(state, batch, x)
+    held_out(state, batch, x)
+    assert state.prior_fraction == pytest.approx(0.25)
+
+
+def test_adaptive_run_records_its_quota_and_share(sqlite_url):
+    _, rows = _run(sqlite_url, small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.25}))
+    assert {r["prior_fraction"] for r in rows} == {0.25}  # no alarm in a short healthy run
+    # 20 warm-up batches all prior, then 8 of 32 per batch: the cumulative share drawn
+    assert rows[-1]["prior_drawn_share"] == pytest.approx((20 * 32 + 40 * 8) / (60 * 32))

@@ -172,3 +172,20 @@ def test_batch_prior_count_and_required_prior() -> None:
 def test_sizes_reject_bad_values_naming_the_field(kwargs, needle) -> None:
     with pytest.raises(ValueError, match=needle):
         Sizes(**kwargs)
+
+
+def test_adaptive_quota_jumps_on_alarm_and_decays_to_its_floor():
+    from falcon_lite.core.policy import AdaptiveQuota
+
+    q = AdaptiveQuota(low=0.1, high=0.5, half_life=3)
+    assert q.current == 0.1 and q.observe(False) == 0.1
+    assert q.observe(True) == 0.5 and q.observe(True) == 0.5
+    values = [q.observe(False) for _ in range(3)]
+    assert values[-1] == pytest.approx(0.1 + 0.4 / 2)  # one half-life
+    for _ in range(200):
+        q.observe(False)
+    assert q.current == 0.1  # back exactly on the floor, not 0.1000000001
+    with pytest.raises(ValueError, match="low <= high"):
+        AdaptiveQuota(low=0.6, high=0.5, half_life=3)
+    with pytest.raises(ValueError, match="half_life"):
+        AdaptiveQuota(low=0.0, high=0.5, half_life=0)

@@ -169,3 +169,36 @@ def prior_draws(f: float, n: int) -> int:
 def batch_prior_count(f: float, batch_size: int, prior_available: int) -> int:
     """Prior-origin samples a training batch must hold: ceil(f * B), or all there are."""
     return min(required_prior(f, batch_size), prior_available) if prior_available else 0
+
+
+@dataclass
+class AdaptiveQuota:
+    """The adaptive prior-mixing quota: raised to `high` while the explosion alarm is up,
+    decaying back to `low` with a half-life of `half_life` observations once it clears.
+
+    >>> q = AdaptiveQuota(low=0.0, high=0.4, half_life=1)
+    >>> q.observe(True), q.observe(False), q.observe(False)
+    (0.4, 0.2, 0.1)
+    """
+
+    low: float
+    high: float
+    half_life: int
+    current: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.low <= self.high <= 1.0:
+            raise ValueError(f"need 0 <= low <= high <= 1, got low={self.low!r}, high={self.high!r}")
+        if self.half_life < 1:
+            raise ValueError(f"half_life must be at least 1, got {self.half_life!r}")
+        if self.current is None:
+            self.current = self.low
+
+    def observe(self, raised: bool) -> float:
+        """Take the alarm's state after one batch; return the quota for what follows."""
+        if raised:
+            self.current = self.high
+        else:
+            excess = (self.current - self.low) * 0.5 ** (1.0 / self.half_life)
+            self.current = self.low + (excess if excess > 1e-4 else 0.0)
+        return self.current

@@ -10,13 +10,17 @@ e.g. the store's ``Batch``. With ``importance_weighting`` the rows carry self-no
 in the variance EMA; ESS fraction = 1 / (n sum w_i^2). The EMA is fed by the training batch's
 residuals from the forward pass of the step (``variance_source="batch"``, the seed's choice), or
 by residuals of the updated model on the validation set (``"validation"``; the training batch
-when the validation set is empty or missing, reported as ``variance_source_used``).
+when the validation set is empty or missing, reported as ``variance_source_used``), or by the
+batch's proposal-origin rows alone (``"proposal"``; all rows when fewer than two are): the
+width at x_obs measured where the proposal puts its samples, not over the prior's range.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from falcon_lite.core.policy import Origin
 
 
 def make_optimizer(est: torch.nn.Module, lr: float) -> torch.optim.Adam:
@@ -72,7 +76,14 @@ def train_step(est, opt: torch.optim.Optimizer, batch, validation=None) -> dict:
     loss.backward()
     opt.step()
     source = "batch"
-    if est.variance_source == "validation" and validation is not None and len(validation.theta):
+    proposal_rows = batch.origin == Origin.PROPOSAL if est.variance_source == "proposal" else None
+    if proposal_rows is not None and np.count_nonzero(proposal_rows) >= 2:
+        keep = torch.as_tensor(proposal_rows)
+        r, source = r[keep], "proposal"
+        if w is not None:
+            w = w[keep] / w[keep].sum()
+        n = int(keep.sum())
+    elif est.variance_source == "validation" and validation is not None and len(validation.theta):
         v_inp, v_out, v_w = _tensors(est, validation, head.dtype)
         with torch.no_grad():
             r = v_out - head.mean(v_inp)

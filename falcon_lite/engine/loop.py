@@ -35,7 +35,7 @@ class Proposed:
 
 def sizes_of(state: RunState) -> Sizes:
     b = state.config.buffer
-    return Sizes(b.validation_size, b.min_training, b.max_training, b.prior_fraction)
+    return Sizes(b.validation_size, b.min_training, b.max_training, state.prior_fraction)
 
 
 def posterior_at_obs(state: RunState) -> tuple[np.ndarray, np.ndarray]:
@@ -70,17 +70,18 @@ def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] |
     return mean, var
 
 
-def propose_from(state: RunState, step: int, posterior: tuple | None) -> Proposed:
-    """Draw step `step`'s parameters: the prior share by quota, the rest from N(mean, var * T).
+def propose_from(state: RunState, step: int, posterior: tuple | None, fraction: float | None = None) -> Proposed:
+    """Draw step `step`'s parameters: the prior share by quota (`fraction`, else the run's
+    current one), the rest from N(mean, var * T).
 
-    A function of (seed, step, posterior) alone, so a sampler anywhere draws the same numbers.
+    A function of (seed, step, posterior, fraction) alone, so a sampler anywhere draws the same numbers.
     """
     n = state.config.buffer.simulations_per_step
     if posterior is None:
         proposal, n_prior = None, n
     else:
         proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
-        n_prior = prior_draws(state.config.buffer.prior_fraction, n)
+        n_prior = prior_draws(state.prior_fraction if fraction is None else fraction, n)
     theta, origin, log_q, log_prior = draw_parameters(
         state.prior, proposal, n, n_prior, rng(state.seed, PRIOR, step), rng(state.seed, PROPOSAL, step)
     )
@@ -130,6 +131,8 @@ def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
 def train_and_diagnose(state: RunState, store, mirror, step: int, checks: dict | None = None) -> dict | None:
     """Disfavour stale proposal samples, take one optimizer step, and return the metrics row
     (with the held-out `checks` of the step's fresh batch) when diagnostics are due."""
+    if store.sizes.prior_fraction != state.prior_fraction:  # the adaptive quota moved
+        store.sizes = sizes_of(state)
     seqs = disfavoured(state, mirror, step)
     if len(seqs):
         store.disfavour(seqs)
@@ -154,7 +157,7 @@ def train(state: RunState, mirror, step: int) -> dict:
         return {"loss": float("nan"), "ess": 1.0}
     set_lr(state.optimizer, state.lr(step))
     _AT_OBS.pop(state.estimator, None)  # the weights change below
-    batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), cfg.buffer.prior_fraction)
+    batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), state.prior_fraction)
     validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None
     return train_step(state.estimator, state.optimizer, batch, validation)
 
@@ -182,6 +185,8 @@ def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
     row["learned_var"] = float(np.max(var))
     row["proposal_width"] = float(np.max(np.sqrt(var * state.config.proposal.temperature)))
     row["constant_regime"] = float(summary["regime"] == "constant")
+    row["prior_fraction"] = state.prior_fraction
+    row["prior_drawn_share"] = state.drawn_prior / state.drawn_total if state.drawn_total else 0.0
     row.update(pool_mix(mirror))
     return row
 

@@ -17,6 +17,7 @@ import torch
 from falcon_lite.config import RunConfig
 from falcon_lite.core.alarm import Alarm
 from falcon_lite.core.estimators import make_estimator
+from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.simulators import make_simulator
 from falcon_lite.core.training import make_optimizer
@@ -44,11 +45,17 @@ class RunState:
     drawn_prior: int = 0
     drawn_total: int = 0
     alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
+    quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
 
     @property
     def seed(self) -> int:
         return self.config.training.seed
+
+    @property
+    def prior_fraction(self) -> float:
+        """The prior-mixing quota in force now (fixed, or the adaptive policy's current one)."""
+        return self.config.buffer.prior_fraction if self.quota is None else self.quota.current
 
     def lr(self, step: int) -> float:
         t = self.config.training
@@ -62,6 +69,7 @@ class RunState:
                 "drawn_prior": self.drawn_prior,
                 "drawn_total": self.drawn_total,
                 "alarm": self.alarm.to_dict(),
+                "quota": None if self.quota is None else self.quota.current,
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
@@ -79,7 +87,11 @@ def new_state(config: RunConfig) -> RunState:
     estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator)
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
-    return RunState(config, simulator, prior, estimator, optimizer, truth=truth)
+    quota = None
+    if config.buffer.prior_fraction == "adaptive":
+        adaptive = config.buffer.adaptive
+        quota = AdaptiveQuota(adaptive.low, adaptive.high, adaptive.half_life)
+    return RunState(config, simulator, prior, estimator, optimizer, truth=truth, quota=quota)
 
 
 def restore(config: RunConfig, blob: bytes) -> RunState:
@@ -92,4 +104,6 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.drawn_prior = saved["drawn_prior"]
     state.drawn_total = saved["drawn_total"]
     state.alarm = Alarm(**saved.get("alarm", {}))
+    if state.quota is not None and saved.get("quota") is not None:
+        state.quota.current = saved["quota"]
     return state

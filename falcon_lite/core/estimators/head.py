@@ -7,8 +7,10 @@ the NLE estimator with (theta, x). Options compose inside ``mean``:
 - ``normalize``: the MLP sees ``(inp - in_mean) / in_std`` and predicts the standardised target
   ``(t - out_mean) / out_std``; all four statistics are running EMAs (momentum ``ema_momentum``,
   set directly by the first batch) updated by ``observe`` from each training batch;
-- ``residual``: the target is ``t = out - inp`` and ``mean(inp) = inp + r(inp)``; r's last layer
-  starts near zero (scaled by 1e-3, not exactly zero, so every parameter gets a gradient);
+- ``residual``: the target is ``t = out - base(inp)`` and ``mean(inp) = base(inp) + r(inp)``; r's
+  last layer starts near zero (scaled by 1e-3, not exactly zero, so every parameter gets a
+  gradient). ``base`` is the identity, or ``log`` (``residual_base="log"``, for x = exp(z) + noise;
+  inputs are clamped to at least 1e-300 first);
 - ``loss="mse"`` (default): loss = weighted mean over rows of the mean over dims of
   ``(out - mean)^2`` (divided by ``out_std^2`` under ``normalize``, i.e. the MSE in standardised
   units); the variance is then an EMA, ``update_variance``:
@@ -58,13 +60,16 @@ class GaussianHead(nn.Module):
 
     def __init__(self, dim: int, hidden: list[int], activation: str = "tanh", dtype: str = "float64",
                  ema_momentum: float = 0.01, normalize: bool = False, residual: bool = False,
-                 loss: str = "mse", generator: torch.Generator | None = None):
+                 loss: str = "mse", generator: torch.Generator | None = None, residual_base: str = "identity"):
         super().__init__()
         if loss not in ("mse", "nll"):
             raise ValueError(f"unknown loss {loss!r}; known: ['mse', 'nll']")
         self.dtype = DTYPES[dtype]
         self.dim, self.momentum = dim, float(ema_momentum)
         self.normalize, self.residual, self.nll = normalize, residual, loss == "nll"
+        if residual_base not in ("identity", "log"):
+            raise ValueError(f"unknown residual_base {residual_base!r}; known: ['identity', 'log']")
+        self.log_base = residual_base == "log"
         self.net = mlp(dim, hidden, dim, activation, self.dtype)
         if generator is not None:
             init_from(self.net, generator)
@@ -88,14 +93,18 @@ class GaussianHead(nn.Module):
         u = self.net(h)
         if self.normalize:
             u = self.out_mean + self.out_std * u
-        return inp + u if self.residual else u
+        return self.base(inp) + u if self.residual else u
+
+    def base(self, inp: torch.Tensor) -> torch.Tensor:
+        """The known part of the mean that the residual is taken around."""
+        return torch.log(inp.clamp_min(1e-300)) if self.log_base else inp
 
     def observe(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         """Update the running standardisation statistics from one batch (no-op without normalize)."""
         if not self.normalize:
             return
         with torch.no_grad():
-            target = out - inp if self.residual else out
+            target = out - self.base(inp) if self.residual else out
             m = 1.0 if int(self.norm_count) == 0 else self.momentum
             for (mean, std), values in (((self.in_mean, self.in_std), inp), ((self.out_mean, self.out_std), target)):
                 mean.mul_(1 - m).add_(values.mean(0), alpha=m)
