@@ -24,6 +24,7 @@ import time
 import uuid
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_worker_niceness", "0")  # as connect_ray's local Ray; the bare loop runs at nice 0 too
 
 import sqlalchemy as sa
 import torch
@@ -53,7 +54,19 @@ def rate(samples: list[tuple[float, int]], skip: int) -> float:
     return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
 
 
-def bench_ray(url: str, config: RunConfig) -> float:
+def stored_total(engine, run_id: int, config: RunConfig) -> int:
+    """Samples ever stored in the run (live + purged), from the store's maintained counts."""
+    from falcon_lite.core.policy import Sizes
+    from falcon_lite.store.samples import SampleStore
+
+    b = config.buffer
+    sizes = Sizes(b.validation_size, b.min_training, b.max_training, b.prior_fraction)
+    return SampleStore(engine, run_id, sizes, config.dim).composition().total
+
+
+def bench_ray(url: str, config: RunConfig) -> tuple[float, float, float]:
+    """(steps/s, simulations/s, simulations per step) of a run on a local Ray, measured
+    from the database while it runs, after its first 10 % of steps."""
     import ray
 
     from falcon_lite.runtime.control import RunControl
@@ -64,17 +77,24 @@ def bench_ray(url: str, config: RunConfig) -> float:
     try:
         control = RunControl(Settings(), database_url=url)
         run_id = control.create(config)
-        samples = []
+        steps, sims = [], []
         while True:
             with control.sessions.begin() as s:
                 run = runs.get_run(s, run_id)
-                samples.append((time.perf_counter(), run.step))
+            now = time.perf_counter()
+            steps.append((now, run.step))
+            sims.append((now, stored_total(control.engine, run_id, config), run.step))
             if run.status not in ("pending", "running", "stopping"):
                 break
             time.sleep(0.25)
         control.close()
         assert run.status == "completed", run.reason
-        return rate(samples, config.training.steps // 10)
+        skip = config.training.steps // 10
+        kept = [(t, n) for t, n, step in sims if skip <= step < config.training.steps]
+        (t0, n0), (t1, n1) = kept[0], kept[-1]
+        per_s = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+        step_rate = rate(steps, skip)
+        return step_rate, per_s, per_s / step_rate
     finally:
         ray.shutdown()
 
@@ -113,30 +133,42 @@ def bench_bare(config: RunConfig) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=600, help="steps of the bare loop, inline and lock-step runs")
+    parser.add_argument("--ray-steps", type=int, default=6000, help="steps of the continuous Ray run")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = with_overrides(RunConfig(), {**OVERRIDES, "training.steps": args.steps,
-                                          "training.warmup_steps": args.steps // 5})
+
+    def config_for(steps: int, per_batch: int | None) -> RunConfig:
+        return with_overrides(RunConfig(), {**OVERRIDES, "training.steps": steps, "training.warmup_steps": steps // 5,
+                                            "runtime.steps_per_batch": per_batch})
+
     name = f"flr_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+    n = OVERRIDES["buffer.simulations_per_step"]
     try:
         migrate(url)
-        bare = bench_bare(config)
-        inline = bench_inline(url, config)
-        on_ray = bench_ray(url, config)
+        bare = bench_bare(config_for(args.steps, 1))
+        inline = bench_inline(url, config_for(args.steps, 1))
+        continuous = bench_ray(url, config_for(args.ray_steps, None))
+        lockstep = bench_ray(url, config_for(args.steps, 1))
     finally:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-    n = config.buffer.simulations_per_step
-    print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, rolling 1024/256, {n} sims/step, PostgreSQL, {args.steps} steps")
-    print(f"{'runtime':10} {'steps/s':>9} {'sims/s':>9} {'vs bare':>8}")
-    for label, value in (("bare loop", bare), ("inline", inline), ("ray", on_ray)):
-        print(f"{label:10} {value:9.1f} {value * n if label != 'bare loop' else float('nan'):9.0f} {value / bare:8.2f}")
+    print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, batch 128, rolling 1024/256, {n} sims per batch, "
+          f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous)")
+    print(f"{'runtime':40} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'vs bare':>8}")
+    rows = [
+        ("bare loop", bare, float("nan")),
+        ("inline", inline, inline * n),
+        ("ray, continuous (steps_per_batch=null)", *continuous[:2]),
+        ("ray, lock-step (steps_per_batch=1)", *lockstep[:2]),
+    ]
+    for label, steps, sims in rows:
+        print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {steps / bare:8.2f}")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
 
 

@@ -54,7 +54,7 @@ def run_row(control: RunControl, run_id: int):
 # A pool large enough that nothing is ever evicted (so nothing is purged): every stored row
 # stays in the table, and rows per simulated step can be counted to find a lost or a
 # duplicated batch.
-KEEP_ALL = {"buffer.max_training": 65536}
+KEEP_ALL = {"buffer.max_training": 1 << 20}
 
 
 def per_step_counts(control: RunControl, run_id: int) -> dict[int, int]:
@@ -119,8 +119,9 @@ def test_stop_and_resume_keep_the_step_count(control):
 
 
 @only("postgres")
-def test_killed_trainer_recovers_by_itself(control):
-    run_id = control.create(config(400, **KEEP_ALL))
+@pytest.mark.parametrize("per_batch", [1, None], ids=["lock-step", "continuous"])
+def test_killed_trainer_recovers_by_itself(control, per_batch):
+    run_id = control.create(config(400, **KEEP_ALL, **{"runtime.steps_per_batch": per_batch}))
     wait_step(control, run_id, 60)
     import ray
 
@@ -133,6 +134,30 @@ def test_killed_trainer_recovers_by_itself(control):
     assert control_composition(control, run_id)["total"] == 32 * len(counts)  # nothing lost
     _, step, _, _ = run_row(control, run_id)
     assert step == 400
+
+
+@only("sqlite")
+def test_k_steps_per_batch_ingest_one_batch_per_k_steps(control):
+    run_id = control.create(config(40, **KEEP_ALL, **{"runtime.steps_per_batch": 4}))
+    assert control.wait(run_id, timeout=180) == "completed"
+    counts = per_step_counts(control, run_id)
+    assert len(counts) == 10 and set(counts.values()) == {32}  # batches beyond what 40 steps need: dropped
+    assert run_row(control, run_id)[1] == 40
+
+
+@only("postgres")
+def test_continuous_training_is_not_held_to_the_simulators(control):
+    """steps_per_batch=null: the trainer trains while batches arrive; every batch is stored
+    once, every step leaves its metrics row, and training only starts on a filled pool."""
+    run_id = control.create(config(300, **KEEP_ALL, **{"runtime.steps_per_batch": None}))
+    assert control.wait(run_id, timeout=180) == "completed"
+    counts = per_step_counts(control, run_id)
+    assert set(counts.values()) == {32}
+    assert control_composition(control, run_id)["total"] == 32 * len(counts)
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    assert [r["step"] for r in rows] == list(range(300))
+    assert rows[0]["trainable"] >= 32 and all(r["loss"] == r["loss"] for r in rows)  # never an empty pool
 
 
 @only("sqlite")

@@ -6,11 +6,14 @@
 - SimulatorActor: runs the registered simulator on one step's parameters. A simulator that
   raises or returns non-finite values yields non-finite rows, which the store counts as
   rejected and never stores: the run goes on.
-- Trainer: the only holder of the model and of the buffer's mirror; appends each arriving
-  batch, takes one optimizer step, records diagnostics and checkpoints. A restarted trainer
-  re-runs __init__ and so rebuilds itself from the last checkpoint in the database.
+- Trainer: the only holder of the model and of the buffer's mirror, and the only writer
+  of samples; trains in a thread of its own while arriving batches queue in its inbox
+  (lock-step, k steps per batch, or continuously: `runtime.steps_per_batch`), records
+  diagnostics and checkpoints. A restarted trainer re-runs __init__ and so rebuilds itself
+  from the last checkpoint in the database.
 - Supervisor (named, detached): owns the others and drives the pipeline with a bounded
-  number of simulation batches in flight, handling them in the order they finish.
+  number of simulation batches in flight or queued, handing them to the trainer in the
+  order they finish.
 
 Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
 including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import threading
 import time
 
@@ -29,7 +33,7 @@ import ray
 
 from falcon_lite.config import RunConfig
 from falcon_lite.engine import loop
-from falcon_lite.engine.inline import Recorder, load_state
+from falcon_lite.engine.inline import PURGE_EVERY, Recorder, load_state
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, session_factory
 from falcon_lite.store.samples import SampleStore
@@ -49,8 +53,10 @@ class ProposalSampler:
 
         self.state = new_state(RunConfig.model_validate(config))
 
-    def propose(self, step: int, posterior: tuple[np.ndarray, np.ndarray] | None) -> loop.Proposed:
-        return loop.propose_from(self.state, step, posterior)
+    def propose(self, step: int, steer: tuple) -> loop.Proposed:
+        """`steer`: the trainer's (posterior or None, prior fraction) for this batch."""
+        posterior, fraction = steer
+        return loop.propose_from(self.state, step, posterior, fraction)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
@@ -76,8 +82,17 @@ class SimulatorActor:
             return np.full_like(proposed.theta, np.nan), node
 
 
-@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0)
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0, max_concurrency=4)
 class Trainer:
+    """Trains in a thread of its own (`run`) while batches arrive in its inbox (`submit`).
+
+    `runtime.steps_per_batch` sets how training and arrivals interlock: 1 takes exactly one
+    optimizer step per batch (the inline runtime's lock-step, the seed's semantics), k up
+    to k steps per batch, None trains continuously on the buffer and ingests whatever has
+    arrived between two steps. Only the training thread touches the model, the store and
+    the mirror; the other methods read what it publishes.
+    """
+
     def __init__(self, run_id: int, database_url: str):
         _one_thread()
         self.run_id = run_id
@@ -92,27 +107,91 @@ class Trainer:
         self.mirror.sync()
         self.recorder = Recorder(self.engine, run_id)
         self.nodes: collections.Counter[str] = collections.Counter()
+        self.inbox: queue.Queue = queue.Queue()
+        self.taken = threading.Condition()  # notified whenever the training thread takes a batch
+        self.halting = threading.Event()
+        self.checks: dict | None = None  # held-out checks of the newest batch, for the next row
+        self.batches = 0
+        self.published = self._snapshot()
 
-    def progress(self) -> tuple[int, int, tuple | None]:
-        """Steps trained, the next batch to simulate, and the posterior to propose it from."""
+    def _snapshot(self) -> tuple[int, int, tuple]:
         state = self.state
-        return state.step, state.next_proposal, loop.posterior_for(state, state.step)
+        return state.step, state.next_proposal, (loop.posterior_for(state, state.step), state.prior_fraction)
 
-    def step(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str]) -> tuple[int, tuple | None]:
-        x, node = simulated
-        self.nodes[node] += 1
-        state, cfg = self.state, self.state.config
-        step = state.step
-        loop.ingest(state, self.store, self.mirror, proposed, x)
-        checks = loop.held_out(state, proposed, x)
-        row = loop.train_and_diagnose(state, self.store, self.mirror, step, checks)
+    def progress(self) -> tuple[int, int, tuple]:
+        """Steps trained, the next batch to simulate, and how to steer it: (the posterior to
+        propose from, the prior fraction in force)."""
+        return self.published
+
+    def submit(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str]) -> tuple[int, tuple, int]:
+        """Queue a simulated batch for the training thread; returns (steps trained, how to
+        steer the next batch, batches queued and not yet stored)."""
+        self.inbox.put((proposed, simulated))
+        step, _, steer = self.published
+        return step, steer, self.inbox.qsize()
+
+    def room(self, queued: int, timeout: float = 1.0) -> tuple[int, tuple, int]:
+        """Wait until fewer than `queued` batches wait in the inbox (or `timeout`); returns
+        what `submit` returns. Lets the supervisor refill the pipeline as soon as it can."""
+        with self.taken:
+            self.taken.wait_for(lambda: self.inbox.qsize() < queued, timeout=timeout)
+        step, _, steer = self.published
+        return step, steer, self.inbox.qsize()
+
+    def halt(self) -> bool:
+        self.halting.set()
+        return True
+
+    def run(self, total: int) -> int:
+        """Train until step `total` or `halt()`; returns the step reached. Batches still in
+        the inbox at the end were never stored: nothing is lost by dropping them."""
+        state = self.state
+        limit = state.config.runtime.steps_per_batch
+        fill = max(1, state.config.buffer.min_training)
+        credit = 0
+        while state.step < total and not self.halting.is_set():
+            if limit is None:
+                # Continuous: take what has arrived; wait only while the pool is too small.
+                self._ingest(wait=self.mirror.trainable_size < fill, drain=True)
+                if self.mirror.trainable_size < fill:
+                    continue
+            elif credit == 0:
+                if not self._ingest(wait=True, drain=False):
+                    continue
+                credit = limit
+            self._train_one()
+            credit = max(credit - 1, 0)
+        return state.step
+
+    def _ingest(self, wait: bool, drain: bool) -> int:
+        """Store the next batch (all waiting ones if `drain`); waits a moment for one if `wait`."""
+        got = 0
+        while True:
+            try:
+                proposed, (x, node) = self.inbox.get(timeout=0.1) if wait and not got else self.inbox.get_nowait()
+            except queue.Empty:
+                return got
+            with self.taken:
+                self.taken.notify_all()
+            self.nodes[node] += 1
+            loop.ingest(self.state, self.store, self.mirror, proposed, x)
+            self.checks = loop.held_out(self.state, proposed, x) or self.checks
+            self.batches += 1
+            if self.batches % PURGE_EVERY == 0:
+                self.store.purge()
+            got += 1
+            if not drain:
+                return got
+
+    def _train_one(self) -> None:
+        state = self.state
+        row = loop.train_and_diagnose(state, self.store, self.mirror, state.step, self.checks)
         if row is not None:
+            self.checks = None
             self.recorder.add(row, state.step)
-        if state.step % cfg.training.checkpoint_every == 0:
+        if state.step % state.config.training.checkpoint_every == 0:
             self.checkpoint()
-        if step % 50 == 0:
-            self.store.purge()
-        return state.step, loop.posterior_for(state, state.step)
+        self.published = self._snapshot()
 
     def pid(self) -> int:
         return os.getpid()
@@ -193,32 +272,52 @@ class Supervisor:
         self.children = [self.trainer, self.sampler, *self.simulators]
 
     def _pipeline(self) -> str:
-        """Keep up to `in_flight` simulation batches going; train on each as it finishes."""
+        """Keep simulation batches in flight and hand each to the trainer as it finishes,
+        while the trainer trains in its own thread. Bounded: batches simulating plus those
+        queued at the trainer never exceed `in_flight`, nor what the remaining steps need."""
         self._spawn()
         total = self.config.training.steps
         window = self.config.runtime.in_flight
-        trained, next_batch, posterior = self._trainer_progress()
+        limit = self.config.runtime.steps_per_batch
+        trained, next_batch, steer = self._trainer_progress()
+        done = self.trainer.run.remote(total)
         pending: dict = {}
-        turn = 0
-        while trained < total:
+        queued = turn = 0
+        room = None  # the trainer's answer once it takes a queued batch
+        while True:
             if self.stopping.is_set():
+                ray.get(self.trainer.halt.remote())
+                ray.get(done)
                 return "stopped"
-            while len(pending) < min(window, total - trained):
-                proposed = self.sampler.propose.remote(next_batch, posterior)
+            wanted = window if limit is None else min(window, -(-(total - trained) // limit))
+            while len(pending) + queued < wanted:
+                proposed = self.sampler.propose.remote(next_batch, steer)
                 simulator = self.simulators[turn % len(self.simulators)]
                 turn += 1
                 pending[simulator.simulate.remote(proposed)] = proposed
                 next_batch += 1
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            proposed = pending.pop(ready[0])
+            if room is None and queued and len(pending) + queued >= wanted:
+                room = self.trainer.room.remote(queued)
+            ready, _ = ray.wait([done, *pending, *([room] if room else [])], num_returns=1, timeout=1.0)
             try:
-                trained, posterior = ray.get(self.trainer.step.remote(proposed, ready[0]))
+                if not ready:
+                    continue
+                if ready[0] == done:
+                    ray.get(done)
+                    return "completed"
+                if ready[0] == room:
+                    trained, steer, queued = ray.get(room)
+                    room = None
+                    continue
+                proposed = pending.pop(ready[0])
+                trained, steer, queued = ray.get(self.trainer.submit.remote(proposed, ready[0]))
             except ray.exceptions.RayActorError:
                 # The trainer died and restarted from its last checkpoint: drop what was in
                 # flight (nothing of it was stored) and go on from what it reports.
                 pending.clear()
-                trained, next_batch, posterior = self._trainer_progress()
-        return "completed"
+                queued, room = 0, None
+                trained, next_batch, steer = self._trainer_progress()
+                done = self.trainer.run.remote(total)
 
     def _trainer_progress(self, timeout: float = 120.0):
         deadline = time.monotonic() + timeout

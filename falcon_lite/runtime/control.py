@@ -7,6 +7,7 @@ supervisors. Every call returns once the request is accepted; none waits for a r
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -42,10 +43,17 @@ def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 def connect_ray(settings: Settings) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local one (the embedded default)."""
+    """Join RAY_ADDRESS's cluster, or start a local one (the embedded default).
+
+    A local instance runs its workers at the caller's priority: Ray's default (nice 15)
+    lets any other busy process on the machine (the API, PostgreSQL, a benchmark's
+    baseline) starve the run's trainer and simulators.
+    """
     if ray.is_initialized():
         return
     probe_ray_address(settings.ray_address)
+    if not settings.ray_address:
+        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         address=settings.ray_address or None,
         namespace=settings.ray_namespace,

@@ -19,6 +19,7 @@ def ray_address():
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    os.environ.setdefault("RAY_worker_niceness", "0")  # as connect_ray starts a local Ray
     temp_dir = tempfile.mkdtemp(prefix="flr-ray-", dir="/tmp")
     ray.init(
         num_cpus=2,
