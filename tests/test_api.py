@@ -149,6 +149,29 @@ def test_metrics_since_step_and_names(api, trained_run):
     assert len(api.metrics(trained_run, limit=5)) == 5
 
 
+
+def test_buffer_is_the_stores_composition(api, db, trained_run):
+    from falcon_lite.core.policy import Sizes
+    from falcon_lite.store.samples import SampleStore
+
+    b = RunConfig.model_validate(SMALL).buffer
+    sizes = Sizes(validation_size=b.validation_size, min_training=b.min_training,
+                  max_training=b.max_training, prior_fraction=b.prior_fraction)
+    store = SampleStore(db, trained_run, sizes, 1)
+    assert api.buffer(trained_run) == store.composition().to_dict(0.25)
+
+
+def test_buffer_and_metrics_of_a_run_without_samples(api):
+    run = api.create_run({"name": "empty", "buffer": {"prior_fraction": 0.5}}, start=False)
+    buf = api.buffer(run["id"])
+    assert buf["total"] == buf["purged"] == 0 and buf["prior_share_trainable"] == 0.0
+    assert buf["prior_fraction"] == 0.5
+    assert api.metrics(run["id"]) == [] and api.metrics(run["id"], since_step=10) == []
+
+
+def test_metrics_past_the_last_step_is_empty_not_404(api, trained_run):
+    assert api.metrics(trained_run, since_step=39) == []
+
 # ---- SSE ------------------------------------------------------------------------------
 def test_events_stream_status_diagnostics_and_resume(api, trained_run):
     seen = list(api.events(trained_run, timeout=60))

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from numbers import Real
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Connection, Integer, bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from falcon_lite.config import RunConfig
@@ -178,6 +178,60 @@ def metrics_since(
             values = {k: v for k, v in values.items() if k in wanted}
         out.append({"step": step, **values})
     return out
+
+
+# The polled reads are built once: building and cache-keying a select() costs more than
+# running it on SQLite.
+_BUFFER_COUNTS = (
+    select(Run.purged, Run.rejected, Run.config[("buffer", "prior_fraction")],
+           StatusCount.status, StatusCount.origin, StatusCount.n)
+    .select_from(Run)
+    .outerjoin(StatusCount, StatusCount.run_id == Run.id)
+    .where(Run.id == bindparam("run_id"))
+)
+_METRICS_PAGE = (
+    select(Metric.step, Metric.values)
+    .where(Metric.run_id == bindparam("run_id"), Metric.step > bindparam("since_step"))
+    .order_by(Metric.step)
+    .limit(bindparam("limit", type_=Integer))
+)
+_RUN_EXISTS = select(Run.id).where(Run.id == bindparam("run_id"))
+
+
+def buffer_counts(connection: Connection | Session, run_id: int) -> tuple[int, int, Any, list[tuple[int, int, int]]]:
+    """``(purged, rejected, prior_fraction, [(status, origin, n), ...])`` of a run, read-only.
+
+    ``prior_fraction`` is the config's value as stored (a number, or a policy's name).
+
+    One statement (the run's row joined to its maintained ``status_counts``: two primary
+    key lookups, one snapshot, no scan of ``samples``); `NotFoundError` for an unknown run.
+    """
+    rows = connection.execute(_BUFFER_COUNTS, {"run_id": run_id}).all()
+    if not rows:
+        raise NotFoundError(f"run {run_id} not found")
+    purged, rejected, prior_fraction = rows[0][:3]
+    counts = [(int(s), int(o), int(n)) for *_, s, o, n in rows if s is not None]
+    return int(purged or 0), int(rejected or 0), prior_fraction, counts
+
+
+def metrics_page(
+    connection: Connection | Session,
+    run_id: int,
+    since_step: int = -1,
+    names: Iterable[str] | None = None,
+    limit: int = 1000,
+) -> list[dict[str, Any]]:
+    """`metrics_since` for pollers: rows with ``step > since_step``, oldest first, at most `limit`.
+
+    A range scan of the ``(run_id, step)`` primary key; the run's existence is checked
+    only when no row comes back (a row implies its run), so a page costs one statement.
+    """
+    found = connection.execute(_METRICS_PAGE, {"run_id": run_id, "since_step": since_step, "limit": limit}).all()
+    if not found and connection.execute(_RUN_EXISTS, {"run_id": run_id}).first() is None:
+        raise NotFoundError(f"run {run_id} not found")
+    wanted = None if names is None else set(names)
+    return [{"step": step, **(values if wanted is None else {k: v for k, v in values.items() if k in wanted})}
+            for step, values in found]
 
 
 def _json_safe(value: Any) -> Any:

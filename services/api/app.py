@@ -25,6 +25,7 @@ from services.api.routes import runs, stress, system
 from services.api.stress_jobs import StressJobs
 
 POOL_SIZE = 20
+MAX_OVERFLOW = 25
 
 DESCRIPTION = """Run, watch and stress-test buffered sequential neural posterior estimation.
 
@@ -35,9 +36,11 @@ Mutating calls need `Authorization: Bearer <token>` when the server sets `FALCON
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for `settings` (default: the process settings from the environment)."""
     settings = settings or get_settings()
-    # Enough pooled connections for the threadpool: opening a connection per request (the
-    # default pool overflows at 15) costs a connect and its PRAGMAs each time on SQLite.
-    engine = make_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
+    # Enough pooled connections for the threadpool (40 threads) and the reads the event loop
+    # makes itself on SQLite (`AppContext.read`), so that those never wait for a connection:
+    # opening one per request (the default pool overflows at 15) costs a connect and its
+    # PRAGMAs each time on SQLite.
+    engine = make_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
     ctx = AppContext(settings=settings, engine=engine, sessions=session_factory(engine))
     ctx.jobs = StressJobs(settings.data_dir / "stress")
     ctx.metrics = ApiMetrics(lambda: queries.snapshot(ctx))

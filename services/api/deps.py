@@ -5,24 +5,30 @@ database engine and two session factories, the run control (created on first use
 it connects to Ray) and the stress jobs. ``SessionDep`` is a read session (plain BEGIN:
 on SQLite in WAL mode it never waits for the trainer's writes); every write goes through
 ``ctx.sessions.begin()`` in one transaction that commits or rolls back as a whole.
+``await ctx.read(fn, ...)`` runs the polled reads (buffer, metrics, health) on a pooled
+connection without a session. Dependencies are ``async def``: FastAPI runs a plain ``def``
+dependency in the threadpool, a thread switch per request for nothing.
 """
 
 from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from falcon_lite.settings import Settings
 from services.api.errors import UnavailableError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -41,7 +47,7 @@ class AppContext:
     def __post_init__(self) -> None:
         if self.readers is None:
             self.readers = sessionmaker(bind=self.engine, expire_on_commit=False)
-        self._stores: dict[tuple, Any] = {}
+        self.inline_reads = self.engine.dialect.name == "sqlite"
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -52,16 +58,25 @@ class AppContext:
         with self.readers() as session:
             yield session
 
-    def sample_store(self, key: tuple, make) -> Any:
-        """A run's SampleStore, made once by `make()` (a run's config never changes) and kept."""
-        store = self._stores.get(key)
-        if store is None:
-            store = make()
-            with self._lock:
-                if len(self._stores) > 256:
-                    self._stores.clear()
-                self._stores[key] = store
-        return store
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(connection, *args)`` on a pooled connection, for the polled reads.
+
+        `fn` must be a short read: one or two statements on indexes. On SQLite it runs on
+        the event loop itself: such a query is an in-process call of well under a
+        millisecond that, in WAL mode, does not wait for writers (the pool is sized so that
+        it never waits for a connection either), while a trip through the threadpool costs
+        more than the query: a thread switch each way, and worker threads that contend
+        with the event loop for the interpreter lock at every statement. On a database
+        behind a network (PostgreSQL) it runs in the threadpool.
+        """
+        if self.inline_reads:
+            with self.engine.connect() as connection:
+                return fn(connection, *args)
+        return await run_in_threadpool(self._read_sync, fn, *args)
+
+    def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.engine.connect() as connection:
+            return fn(connection, *args)
 
     def control(self):
         """The run control (Ray), connected on first use; 503 when Ray cannot be reached."""
@@ -96,7 +111,7 @@ class AppContext:
         self.engine.dispose()
 
 
-def get_ctx(request: Request) -> AppContext:
+async def get_ctx(request: Request) -> AppContext:
     return request.app.state.ctx
 
 
@@ -115,7 +130,7 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="FALCON_LITE_API_TOKEN, when the server sets one")
 
 
-def require_token(
+async def require_token(
     ctx: CtxDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """When the server has a token, a mutating call must carry it as a bearer token."""

@@ -7,15 +7,14 @@ which is what "stop is idempotent" means for a run that has already stopped.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from falcon_lite.config import RunConfig
-from falcon_lite.core.policy import Origin, Sizes, Status
+from falcon_lite.core.policy import TRAINABLE, Origin, Status
 from falcon_lite.store import runs as store_runs
 from falcon_lite.store.errors import ConflictError
 from falcon_lite.store.models import Metric, Run, StatusCount
-from falcon_lite.store.samples import SampleStore
 from services.api.deps import AppContext
 from services.api.metrics import Snapshot
 from services.api.schemas import Accepted, RunPublic
@@ -112,27 +111,34 @@ def posterior(ctx: AppContext, run_id: int, n: int):
     return ctx.control().posterior_samples(run_id, n)
 
 
-def sizes_of(config: RunConfig) -> Sizes:
-    b = config.buffer
-    return Sizes(validation_size=b.validation_size, min_training=b.min_training,
-                 max_training=b.max_training, prior_fraction=float(b.prior_fraction))
+ORIGIN_NAMES = {int(Origin.PRIOR): "prior", int(Origin.PROPOSAL): "proposal"}
+
+
+def buffer_of(connection: Connection, run_id: int) -> dict:
+    """The REST shape of ``GET /runs/{id}/buffer`` from one indexed statement.
+
+    The counts are the ``status_counts`` rows the store keeps in the same transaction as
+    every sample change; `SampleStore.composition` reads the same rows (tests compare them).
+    """
+    purged, rejected, prior_fraction, rows = store_runs.buffer_counts(connection, run_id)
+    counts = {s.name: {"prior": 0, "proposal": 0} for s in Status}
+    for status, origin, n in rows:
+        counts[Status(status).name][ORIGIN_NAMES[origin]] += n
+    pool = [counts[s.name] for s in TRAINABLE]
+    n_pool = sum(c["prior"] + c["proposal"] for c in pool)
+    return {
+        "counts": counts,
+        "purged": purged,
+        "total": sum(c["prior"] + c["proposal"] for c in counts.values()) + purged,
+        "prior_share_trainable": sum(c["prior"] for c in pool) / n_pool if n_pool else 0.0,
+        "prior_fraction": prior_fraction,
+    }
 
 
 def buffer(ctx: AppContext, run_id: int) -> dict:
-    """The REST shape of ``GET /runs/{id}/buffer``.
-
-    The run's SampleStore is made once per run (keyed by id and creation time, so a
-    reused id never sees another run's sizes); a request then costs two small queries.
-    """
-    with ctx.reading() as session:
-        run = store_runs.get_run(session, run_id)
-        key, config = (run_id, run.created), run.config
-
-    def make() -> SampleStore:
-        cfg = RunConfig.model_validate(config)
-        return SampleStore(ctx.engine, run_id, sizes_of(cfg), cfg.dim)
-
-    return ctx.sample_store(key, make).composition().to_dict(config["buffer"]["prior_fraction"])
+    """`buffer_of` on a connection of its own (for callers in a worker thread, e.g. SSE)."""
+    with ctx.engine.connect() as connection:
+        return buffer_of(connection, run_id)
 
 
 def snapshot(ctx: AppContext) -> Snapshot:

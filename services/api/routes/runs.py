@@ -72,19 +72,19 @@ def delete_run(run_id: RunId, ctx: CtxDep) -> Response:
 
 
 @router.get("/{run_id}/buffer", summary="The buffer's composition by status and origin")
-def get_buffer(run_id: RunId, ctx: CtxDep) -> BufferPublic:
-    return BufferPublic.model_validate(queries.buffer(ctx, run_id))
+async def get_buffer(run_id: RunId, ctx: CtxDep) -> BufferPublic:
+    return BufferPublic.model_validate(await ctx.read(queries.buffer_of, run_id))
 
 
 @router.get("/{run_id}/metrics", summary="Diagnostics rows after a step")
-def get_metrics(
+async def get_metrics(
     run_id: RunId,
-    session: SessionDep,
+    ctx: CtxDep,
     since_step: Annotated[int, Query(ge=-1, le=2**31 - 1, description="rows with step > this")] = -1,
     names: Annotated[str | None, Query(max_length=1000, description="comma-separated metric names")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
 ) -> list[dict[str, float | int | None]]:
-    return store_runs.metrics_since(session, run_id, since_step, queries.parse_names(names), limit)
+    return await ctx.read(store_runs.metrics_page, run_id, since_step, queries.parse_names(names), limit)
 
 
 @router.get("/{run_id}/events", summary="Server-Sent Events: `status` and `diagnostics`",

@@ -17,10 +17,13 @@ router = APIRouter(tags=["system"])
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
 
+def _ping(connection) -> None:
+    connection.execute(text("SELECT 1"))
+
+
 @router.get("/health", summary="Liveness and database reachability")
-def health(ctx: CtxDep) -> Health:
-    with ctx.engine.connect() as connection:
-        connection.execute(text("SELECT 1"))
+async def health(ctx: CtxDep) -> Health:
+    await ctx.read(_ping)
     return Health(status="ok", database=ctx.engine.dialect.name, version=__version__)
 
 
