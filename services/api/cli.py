@@ -1,7 +1,9 @@
 """CLI verbs that the service package adds to `falcon-lite`.
 
-- ``serve [--host 127.0.0.1] [--port 8000]``: migrate the database, then serve the API and
-  dashboard (SQLite file by default or ``DATABASE_URL``; local Ray or ``RAY_ADDRESS``).
+- ``serve [--host 127.0.0.1] [--port 8000] [--access-log]``: migrate the database, then serve
+  the API and dashboard (SQLite file by default or ``DATABASE_URL``; local Ray or
+  ``RAY_ADDRESS``). No line per request unless ``--access-log``: pollers make many, and
+  the Prometheus histogram at ``/metrics`` counts them.
 - ``runs ls|start|stop|resume|show`` over REST (``--server URL``, default
   http://127.0.0.1:8000; the token comes from ``FALCON_LITE_API_TOKEN``).
 - ``remote-stress``: a stress matrix run by a server, its report written locally
@@ -28,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     revision = migrate(settings.db_url)
     print(f"database {settings.db_url.split('@')[-1]} at revision {revision}", flush=True)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+                access_log=args.access_log)
     return 0
 
 
@@ -129,6 +132,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--access-log", action="store_true", help="log a line per request")
     p.set_defaults(func=cmd_serve)
 
     server = argparse.ArgumentParser(add_help=False)
