@@ -22,9 +22,13 @@ PURGE_EVERY = 50
 
 
 class Recorder:
-    """Buffers metric rows and writes them, with the run's step, in one transaction."""
+    """Buffers metric rows and writes them, with the run's step, in one transaction.
 
-    def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 200, max_seconds: float = 1.0):
+    A flush happens at checkpoints, when `max_seconds` have passed since the last one (how
+    stale a live watcher's view may get) or at `max_rows` rows, whichever comes first.
+    """
+
+    def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 1000, max_seconds: float = 1.0):
         self.sessions = session_factory(engine)
         self.run_id = run_id
         self.rows: list[dict] = []

@@ -125,6 +125,8 @@ def delete_run(session: Session, run_id: int) -> None:
 
 
 def _clean_value(step: int, name: str, value: Any) -> float | None:
+    if type(value) is float:  # nearly every value: skip the (slow) ABC check
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"metric {name!r} at step {step} must be a number, got {value!r}")
     value = float(value)
