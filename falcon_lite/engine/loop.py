@@ -123,6 +123,8 @@ def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
     mean, var = state.estimator.posterior_batch(x)  # (no grad)
     z = float(np.max(alarm.residual_z(theta, mean)))
     raised = state.alarm.observe(z)
+    if state.quota is not None:  # buffer.prior_fraction = "adaptive": the quota follows the alarm
+        state.quota.observe(raised)
     row = {"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)}
     row.update(diagnostics.coverage(theta, mean, var, per_dim=False))
     return row
