@@ -265,7 +265,13 @@ class SampleStore:
             if floor is not None:
                 where.append(SAMPLES.c.version <= floor)
             # one pass: the deleted rows' origins come back to be counted
-            gone = conn.execute(delete(SAMPLES).where(*where).returning(SAMPLES.c.origin)).scalars().all()
+            if self.postgres:
+                gone = conn.execute(delete(SAMPLES).where(*where).returning(SAMPLES.c.origin)).scalars().all()
+            else:  # thousands of rows: skip SQLAlchemy's per-row result processing
+                bound = "" if floor is None else " AND version <= ?"
+                params = (self.run_id, TOMBSTONE) if floor is None else (self.run_id, TOMBSTONE, floor)
+                with _driver_cursor(conn) as cursor:
+                    gone = [o for (o,) in cursor.execute(_SQLITE_PURGE.format(bound), params)]
             n = len(gone)
             if n:
                 by_origin = np.bincount(np.fromiter(gone, np.int64, n), minlength=2)
@@ -489,6 +495,7 @@ _SQLITE_LOCK = _LOCK_SET.format(*"??????")
 _PG_LOCK = text(_LOCK_SET.format(*(f":{n}" for n in _LOCK_NAMES))).bindparams(
     bindparam("updated", type_=RUNS.c.updated.type)
 )
+_SQLITE_PURGE = "DELETE FROM samples WHERE run_id = ? AND status = ?{} RETURNING origin"
 _SQLITE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq = ? AND status = ?"
 _SQLITE_COUNTS = "UPDATE status_counts SET n = n + ? WHERE run_id = ? AND status = ? AND origin = ?"
 _PG_COUNTS = text(
