@@ -79,7 +79,10 @@ def test_run_end_to_end(control):
     status, step, rejected, _ = run_row(control, run_id)
     assert (step, rejected) == (60, 0)
     composition = control_composition(control, run_id)
-    assert composition["total"] == 60 * 32
+    # one batch per step; on PostgreSQL the writer may also store the few batches still in
+    # flight when the last step is taken (at most runtime.in_flight, never trained on)
+    extra = composition["total"] - 60 * 32
+    assert extra % 32 == 0 and 0 <= extra <= (0 if "sqlite" in control.database_url else 4 * 32)
     assert composition["purged"] > 0  # tombstones no reader holds are purged as the run goes
     with control.sessions.begin() as s:
         rows = runs.metrics_since(s, run_id, limit=None)

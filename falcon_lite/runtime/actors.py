@@ -82,6 +82,37 @@ class SimulatorActor:
             return np.full_like(proposed.theta, np.nan), node
 
 
+@ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0)
+class Writer:
+    """Appends simulated batches to the store (PostgreSQL runs), so that the database's
+    work runs beside training instead of inside the trainer's loop. Calls run one at a time,
+    in the order they were sent; a restarted writer holds nothing to recover (an append that
+    died with it was rolled back and is simply not stored)."""
+
+    def __init__(self, run_id: int, database_url: str, config: dict):
+        self.config = RunConfig.model_validate(config)
+        self.engine = make_engine(database_url)
+        fraction = self.config.buffer.initial_fraction
+        self.store = SampleStore(self.engine, run_id, loop.sizes_for(self.config, fraction),
+                                 self.config.dim, self.config.estimator.dtype)
+        self.appends = 0
+
+    def append(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str], fraction: float):
+        """Store one batch under the quota `fraction` it was drawn with; returns the AppendResult."""
+        if self.store.sizes.prior_fraction != fraction:
+            self.store.sizes = loop.sizes_for(self.config, fraction)
+        result = loop.write(self.store, proposed, simulated[0])
+        self.appends += 1
+        if self.appends % PURGE_EVERY == 0:
+            self.store.purge()
+        return result
+
+    def close(self) -> None:
+        """Purge what no reader holds any more (called after the trainer closed its mirror)."""
+        self.store.purge()
+        self.engine.dispose()
+
+
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0, max_concurrency=4)
 class Trainer:
     """Trains in a thread of its own (`run`) while batches arrive in its inbox (`submit`).
@@ -123,10 +154,11 @@ class Trainer:
         propose from, the prior fraction in force)."""
         return self.published
 
-    def submit(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str]) -> tuple[int, tuple, int]:
-        """Queue a simulated batch for the training thread; returns (steps trained, how to
-        steer the next batch, batches queued and not yet stored)."""
-        self.inbox.put((proposed, simulated))
+    def submit(self, proposed: loop.Proposed, simulated: tuple[np.ndarray, str], written=None) -> tuple[int, tuple, int]:
+        """Queue a simulated batch for the training thread, with the Writer's AppendResult if
+        it is stored already; returns (steps trained, how to steer the next batch, batches
+        queued at the trainer)."""
+        self.inbox.put((proposed, simulated, written))
         step, _, steer = self.published
         return step, steer, self.inbox.qsize()
 
@@ -168,16 +200,21 @@ class Trainer:
         got = 0
         while True:
             try:
-                proposed, (x, node) = self.inbox.get(timeout=0.1) if wait and not got else self.inbox.get_nowait()
+                proposed, (x, node), written = (
+                    self.inbox.get(timeout=0.1) if wait and not got else self.inbox.get_nowait()
+                )
             except queue.Empty:
                 return got
             with self.taken:
                 self.taken.notify_all()
             self.nodes[node] += 1
-            loop.ingest(self.state, self.store, self.mirror, proposed, x)
+            if written is None:  # store it here (SQLite: the trainer is the one writer)
+                loop.ingest(self.state, self.store, self.mirror, proposed, x)
+            else:
+                loop.follow(self.state, self.mirror, proposed, x, written)
             self.checks = loop.held_out(self.state, proposed, x) or self.checks
             self.batches += 1
-            if self.batches % PURGE_EVERY == 0:
+            if written is None and self.batches % PURGE_EVERY == 0:
                 self.store.purge()
             got += 1
             if not drain:
@@ -223,6 +260,7 @@ class Supervisor:
         self.thread: threading.Thread | None = None
         self.children: list = []
         self.trainer = None
+        self.writer = None
 
     def start(self) -> bool:
         if self.thread is None:
@@ -254,6 +292,8 @@ class Supervisor:
             status = self._pipeline()
             ray.get(self.trainer.checkpoint.remote())
             ray.get(self.trainer.close.remote())
+            if self.writer is not None:
+                ray.get(self.writer.close.remote())
             self._set_status(status)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
             self._set_status("failed", reason=f"{type(exc).__name__}: {exc}")
@@ -269,19 +309,25 @@ class Supervisor:
             SimulatorActor.options(scheduling_strategy="SPREAD").remote(cfg, i)
             for i in range(self.config.runtime.simulators)
         ]
-        self.children = [self.trainer, self.sampler, *self.simulators]
+        # SQLite: the trainer is the one writer of samples. PostgreSQL: a writer of its own,
+        # so that the database's work runs beside training instead of inside it.
+        postgres = self.engine.dialect.name == "postgresql"
+        self.writer = Writer.remote(self.run_id, self.database_url, cfg) if postgres else None
+        self.children = [self.trainer, self.sampler, *self.simulators, *([self.writer] if postgres else [])]
 
     def _pipeline(self) -> str:
-        """Keep simulation batches in flight and hand each to the trainer as it finishes,
-        while the trainer trains in its own thread. Bounded: batches simulating plus those
-        queued at the trainer never exceed `in_flight`, nor what the remaining steps need."""
+        """Keep simulation batches in flight and hand each to the trainer as it finishes
+        (through the writer on PostgreSQL), while the trainer trains in its own thread.
+        Bounded: batches simulating, being written and queued at the trainer never exceed
+        `in_flight`, nor what the remaining steps need."""
         self._spawn()
         total = self.config.training.steps
         window = self.config.runtime.in_flight
         limit = self.config.runtime.steps_per_batch
         trained, next_batch, steer = self._trainer_progress()
         done = self.trainer.run.remote(total)
-        pending: dict = {}
+        simulating: dict = {}  # simulate ref -> (proposed ref, the prior fraction it was drawn with)
+        writing: dict = {}  # append ref -> (proposed ref, simulate ref)
         queued = turn = 0
         room = None  # the trainer's answer once it takes a queued batch
         while True:
@@ -290,33 +336,49 @@ class Supervisor:
                 ray.get(done)
                 return "stopped"
             wanted = window if limit is None else min(window, -(-(total - trained) // limit))
-            while len(pending) + queued < wanted:
+            while len(simulating) + len(writing) + queued < wanted:
                 proposed = self.sampler.propose.remote(next_batch, steer)
                 simulator = self.simulators[turn % len(self.simulators)]
                 turn += 1
-                pending[simulator.simulate.remote(proposed)] = proposed
+                simulating[simulator.simulate.remote(proposed)] = (proposed, steer[1])
                 next_batch += 1
-            if room is None and queued and len(pending) + queued >= wanted:
+            if room is None and queued and len(simulating) + len(writing) + queued >= wanted:
                 room = self.trainer.room.remote(queued)
-            ready, _ = ray.wait([done, *pending, *([room] if room else [])], num_returns=1, timeout=1.0)
+            waits = [done, *simulating, *writing, *([room] if room else [])]
+            ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
             try:
                 if not ready:
                     continue
-                if ready[0] == done:
+                ref = ready[0]
+                if ref == done:
                     ray.get(done)
                     return "completed"
-                if ready[0] == room:
+                if ref == room:
                     trained, steer, queued = ray.get(room)
                     room = None
-                    continue
-                proposed = pending.pop(ready[0])
-                trained, steer, queued = ray.get(self.trainer.submit.remote(proposed, ready[0]))
+                elif ref in simulating:
+                    proposed, fraction = simulating.pop(ref)
+                    if self.writer is None:
+                        trained, steer, queued = ray.get(self.trainer.submit.remote(proposed, ref))
+                    else:
+                        writing[self.writer.append.remote(proposed, ref, fraction)] = (proposed, ref)
+                else:
+                    proposed, simulated = writing.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        continue  # the writer died with it: rolled back, not stored; it restarts
+                    trained, steer, queued = ray.get(self.trainer.submit.remote(proposed, simulated, ref))
             except ray.exceptions.RayActorError:
-                # The trainer died and restarted from its last checkpoint: drop what was in
-                # flight (nothing of it was stored) and go on from what it reports.
-                pending.clear()
+                # The trainer died and restarted from its last checkpoint (its mirror re-read
+                # from the database holds every batch written): drop the batches simulating
+                # or queued (none of them stored) and go on from what it reports.
+                # Batch numbers only go up: a batch still being written may be newer than
+                # what the restarted trainer found stored, and must not be drawn twice.
+                simulating.clear()
                 queued, room = 0, None
-                trained, next_batch, steer = self._trainer_progress()
+                trained, restart_batch, steer = self._trainer_progress()
+                next_batch = max(next_batch, restart_batch)
                 done = self.trainer.run.remote(total)
 
     def _trainer_progress(self, timeout: float = 120.0):
