@@ -34,8 +34,12 @@ class Proposed:
 
 
 def sizes_of(state: RunState) -> Sizes:
-    b = state.config.buffer
-    return Sizes(b.validation_size, b.min_training, b.max_training, state.prior_fraction)
+    return sizes_for(state.config, state.prior_fraction)
+
+
+def sizes_for(config, prior_fraction: float) -> Sizes:
+    b = config.buffer
+    return Sizes(b.validation_size, b.min_training, b.max_training, prior_fraction)
 
 
 def posterior_at_obs(state: RunState) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +103,17 @@ def simulate(simulator, proposed: Proposed, seed: int) -> np.ndarray:
 
 def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
     """Append a simulated batch to the buffer (one transaction) and mirror it without a query."""
-    result = store.append(proposed.theta, x, proposed.origin, proposed.step, proposed.log_q, proposed.log_prior)
+    return follow(state, mirror, proposed, x, write(store, proposed, x))
+
+
+def write(store, proposed: Proposed, x: np.ndarray):
+    """Append a simulated batch to the buffer: one transaction, rotation included."""
+    return store.append(proposed.theta, x, proposed.origin, proposed.step, proposed.log_q, proposed.log_prior)
+
+
+def follow(state: RunState, mirror, proposed: Proposed, x: np.ndarray, result):
+    """Take a stored batch into the mirror (without a query when `result` is the mirror's
+    next version) and into the run's counters."""
     mirror.apply(result, proposed.theta, x, proposed.origin, proposed.log_q, proposed.log_prior)
     state.drawn_prior += int(np.count_nonzero(proposed.origin == Origin.PRIOR))
     state.drawn_total += len(proposed.origin)
