@@ -73,7 +73,7 @@ class PriorConfig(Strict):
 
 # Named estimator settings. "calibrated": a residual mean head (mu(x) = x + r(x)) on online-
 # standardised inputs and outputs; it stays calibrated with prior mixing (docs/calibration.md).
-PRESETS: dict[str, dict[str, Any]] = {"calibrated": {"residual": True, "normalize": True}}
+PRESETS: dict[str, dict[str, Any]] = {"calibrated": {"residual": True, "normalize": True, "residual_base": "auto"}}
 
 
 class EstimatorConfig(Strict):
@@ -87,10 +87,13 @@ class EstimatorConfig(Strict):
     ema_momentum: Annotated[float, Field(gt=0, le=1)] = 0.01
     normalize: bool = False
     residual: bool = False
-    residual_base: Literal["identity", "log"] = Field(
+    residual_base: Literal["identity", "log", "auto"] = Field(
         "identity",
-        description='With residual: the known transform the residual is taken around, mu(x) = base(x) + r(x) '
-        '("log" for x = exp(z) + noise).',
+        description='With residual: the known inverse the residual is taken around, mu(x) = base(x) + base\'(x) r(x) '
+        '("log" for x = exp(z) + noise; "auto": the simulator\'s own, identity for gaussian, log for exp_noise).',
+    )
+    center_output: bool = Field(
+        True, description="With normalize: subtract the target's running mean (false: scale only, for residual targets)."
     )
     loss: Literal["mse", "nll"] = "mse"
     variance_source: Literal["batch", "validation", "proposal"] = Field(
@@ -99,6 +102,12 @@ class EstimatorConfig(Strict):
         "training batch's proposal-origin rows only (the region of x_obs, where the width is measured).",
     )
     importance_weighting: bool = False
+
+    @model_validator(mode="after")
+    def _base_is_for_the_posterior(self) -> EstimatorConfig:
+        if self.name == "gaussian_nle" and self.residual_base not in ("identity", "auto"):
+            raise ValueError("residual_base applies to the posterior estimator (gaussian_ema) only")
+        return self
 
     @model_validator(mode="after")
     def _apply_preset(self) -> EstimatorConfig:
@@ -140,8 +149,8 @@ class BufferConfig(Strict):
     validation_size: NonNegInt = 0
     min_training: NonNegInt = 128
     max_training: PositiveInt = 128
-    prior_fraction: Fraction | Literal["adaptive"] = Field(
-        0.0, description='The prior-mixing quota f, or "adaptive" (see `adaptive`).'
+    prior_fraction: float | str = Field(
+        0.0, description='The prior-mixing quota f in [0, 1], or "adaptive" (see `adaptive`).', examples=[0.2, "adaptive"]
     )
     adaptive: AdaptiveQuotaConfig = Field(default_factory=AdaptiveQuotaConfig)
     simulations_per_step: PositiveInt = 128
@@ -151,6 +160,18 @@ class BufferConfig(Strict):
         if self.min_training > self.max_training:
             raise ValueError("min_training must not exceed max_training")
         return self
+
+    @field_validator("prior_fraction")
+    @classmethod
+    def _fraction_or_adaptive(cls, v: float | str) -> float | str:
+        """One clear error for both forms (a plain union would report one per member)."""
+        if isinstance(v, str):
+            if v != "adaptive":
+                raise ValueError(f'must be a number in [0, 1] or "adaptive", got {v!r}')
+            return v
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise ValueError(f"must be greater than or equal to 0 and less than or equal to 1, got {v}")
+        return v
 
     @property
     def initial_fraction(self) -> float:

@@ -22,6 +22,7 @@ class GaussianSimulator:
     """
 
     name = "gaussian"
+    residual_base = "identity"  # x = z + noise: the mean is its own inverse
 
     def __init__(self, x_obs, sigma: float):
         self.x_obs = np.asarray(x_obs, dtype=np.float64).reshape(-1)
@@ -51,6 +52,7 @@ class ExpNoiseSimulator:
     """
 
     name = "exp_noise"
+    residual_base = "log"  # the inverse of the mean: z = log(x) - noise / x + ...
 
     def __init__(self, x_obs, sigma: float):
         self.x_obs = np.asarray(x_obs, dtype=np.float64).reshape(-1)

@@ -86,7 +86,7 @@ def train_step(est, opt: torch.optim.Optimizer, batch, validation=None) -> dict:
     elif est.variance_source == "validation" and validation is not None and len(validation.theta):
         v_inp, v_out, v_w = _tensors(est, validation, head.dtype)
         with torch.no_grad():
-            r = v_out - head.mean(v_inp)
+            r = head.in_units(v_inp, v_out - head.mean(v_inp))
         w, source = v_w, "validation"
         n = len(validation.theta)
     else:

@@ -84,7 +84,10 @@ def new_state(config: RunConfig) -> RunState:
     simulator = make_simulator(config.simulator)
     prior = make_prior(config.prior, simulator.dim)
     generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
-    estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator)
+    est_cfg = config.estimator
+    if est_cfg.residual_base == "auto" and est_cfg.name == "gaussian_ema":  # the simulator's known inverse
+        est_cfg = est_cfg.model_copy(update={"residual_base": simulator.residual_base})
+    estimator = make_estimator(est_cfg, simulator.dim, prior, generator=generator)
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
     quota = None

@@ -11,7 +11,8 @@ from falcon_lite.core.estimators.head import GaussianHead
 def head_from_config(cfg, dim: int, generator: torch.Generator | None) -> GaussianHead:
     """The GaussianHead an EstimatorConfig describes."""
     return GaussianHead(dim, list(cfg.hidden), cfg.activation, cfg.dtype, cfg.ema_momentum,
-                        cfg.normalize, cfg.residual, cfg.loss, generator, residual_base=cfg.residual_base)
+                        cfg.normalize, cfg.residual, cfg.loss, generator, residual_base="identity" if cfg.residual_base == "auto" else cfg.residual_base,
+                        center_output=cfg.center_output)
 
 
 def gaussian_sample(mean: np.ndarray, var: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:

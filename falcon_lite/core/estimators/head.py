@@ -6,11 +6,17 @@ the NLE estimator with (theta, x). Options compose inside ``mean``:
 
 - ``normalize``: the MLP sees ``(inp - in_mean) / in_std`` and predicts the standardised target
   ``(t - out_mean) / out_std``; all four statistics are running EMAs (momentum ``ema_momentum``,
-  set directly by the first batch) updated by ``observe`` from each training batch;
+  set directly by the first batch) updated by ``observe`` from each training batch. With
+  ``center_output=False`` out_mean stays 0 and out_std is the root mean square of t: for a
+  residual target, whose mean is known to be ~0, the running batch mean is pure noise that
+  would move the predicted mean by more than a narrow posterior's width;
 - ``residual``: the target is ``t = out - base(inp)`` and ``mean(inp) = base(inp) + r(inp)``; r's
   last layer starts near zero (scaled by 1e-3, not exactly zero, so every parameter gets a
   gradient). ``base`` is the identity, or ``log`` (``residual_base="log"``, for x = exp(z) + noise;
-  inputs are clamped to at least 1e-300 first);
+  inputs are clamped to at least 1e-300 first), and r is counted in the base's slope,
+  ``mean = log(x) + r(x) / x``, so that the noise on x is the same size in the target of every
+  row (the delta method: dz = dx / x) and the loss weighs rows alike; the EMA variance is
+  then kept in that unit too, and the predicted variance at x is ``exp(log_var) / x^2``;
 - ``loss="mse"`` (default): loss = weighted mean over rows of the mean over dims of
   ``(out - mean)^2`` (divided by ``out_std^2`` under ``normalize``, i.e. the MSE in standardised
   units); the variance is then an EMA, ``update_variance``:
@@ -60,7 +66,8 @@ class GaussianHead(nn.Module):
 
     def __init__(self, dim: int, hidden: list[int], activation: str = "tanh", dtype: str = "float64",
                  ema_momentum: float = 0.01, normalize: bool = False, residual: bool = False,
-                 loss: str = "mse", generator: torch.Generator | None = None, residual_base: str = "identity"):
+                 loss: str = "mse", generator: torch.Generator | None = None, residual_base: str = "identity",
+                 center_output: bool = True):
         super().__init__()
         if loss not in ("mse", "nll"):
             raise ValueError(f"unknown loss {loss!r}; known: ['mse', 'nll']")
@@ -70,6 +77,7 @@ class GaussianHead(nn.Module):
         if residual_base not in ("identity", "log"):
             raise ValueError(f"unknown residual_base {residual_base!r}; known: ['identity', 'log']")
         self.log_base = residual_base == "log"
+        self.center_output = center_output
         self.net = mlp(dim, hidden, dim, activation, self.dtype)
         if generator is not None:
             init_from(self.net, generator)
@@ -93,22 +101,31 @@ class GaussianHead(nn.Module):
         u = self.net(h)
         if self.normalize:
             u = self.out_mean + self.out_std * u
-        return self.base(inp) + u if self.residual else u
+        return self.base(inp) + self.unit(inp) * u if self.residual else u
 
     def base(self, inp: torch.Tensor) -> torch.Tensor:
         """The known part of the mean that the residual is taken around."""
         return torch.log(inp.clamp_min(1e-300)) if self.log_base else inp
+
+    def unit(self, inp: torch.Tensor) -> torch.Tensor | float:
+        """The residual's unit: the base's slope, so that additive noise on the input is
+        the same size in every row (for log: d log x = dx / x)."""
+        return 1.0 / inp.clamp_min(1e-300) if self.log_base else 1.0
 
     def observe(self, inp: torch.Tensor, out: torch.Tensor) -> None:
         """Update the running standardisation statistics from one batch (no-op without normalize)."""
         if not self.normalize:
             return
         with torch.no_grad():
-            target = out - self.base(inp) if self.residual else out
+            target = (out - self.base(inp)) / self.unit(inp) if self.residual else out
             m = 1.0 if int(self.norm_count) == 0 else self.momentum
             for (mean, std), values in (((self.in_mean, self.in_std), inp), ((self.out_mean, self.out_std), target)):
-                mean.mul_(1 - m).add_(values.mean(0), alpha=m)
-                std.mul_(1 - m).add_(values.std(0, unbiased=False).clamp_min(_TINY_STD), alpha=m)
+                if self.center_output or mean is self.in_mean:
+                    mean.mul_(1 - m).add_(values.mean(0), alpha=m)
+                    spread = values.std(0, unbiased=False)
+                else:  # out_mean stays 0; the scale is the root mean square
+                    spread = values.square().mean(0).sqrt()
+                std.mul_(1 - m).add_(spread.clamp_min(_TINY_STD), alpha=m)
             self.norm_count += 1
 
     def loss(self, inp: torch.Tensor, out: torch.Tensor, w: torch.Tensor | None = None):
@@ -120,11 +137,25 @@ class GaussianHead(nn.Module):
         if self.nll:
             terms = 0.5 * (r * r * torch.exp(-self.log_var) + self.log_var)
         else:
-            s = r / self.out_std if self.normalize else r
+            s = r / self.unit(inp) if self.residual else r
+            s = s / self.out_std if self.normalize else s
             terms = s * s
         # unweighted: the mean over rows of the mean over dims is the mean of all terms
         loss = terms.mean() if w is None else (w * terms.mean(-1)).sum()
-        return loss, r.detach()
+        return loss, self.in_units(inp, r.detach())
+
+    def in_units(self, inp: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Residuals out - mean in the residual's unit (unchanged unless residual_base="log"):
+        what the variance EMA averages, alike in every row."""
+        return r / self.unit(inp) if self.residual and self.log_base else r
+
+    def variance(self, inp: torch.Tensor) -> torch.Tensor:
+        """The predicted variance of out at each row of inp (n, D): exp(log_var), times the
+        residual unit squared under residual_base="log" (the width scales as 1 / x)."""
+        var = torch.exp(self.log_var).expand(inp.shape)
+        if self.residual and self.log_base:
+            var = var * self.unit(inp) ** 2
+        return var
 
     def update_variance(self, r: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """EMA step of log_var from detached residuals r (n, D); returns the batch log-variance (D,).

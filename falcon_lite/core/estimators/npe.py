@@ -36,8 +36,8 @@ class GaussianEMA(nn.Module):
         """Posterior means and variances (n, D) at every row of x (n, D)."""
         x_t = torch.as_tensor(np.asarray(x), dtype=self.head.dtype).reshape(-1, self.dim)
         mean = self.head.mean(x_t).to(torch.float64).numpy()
-        var = torch.exp(self.head.log_var).to(torch.float64).numpy()
-        return mean, np.broadcast_to(var, mean.shape).copy()
+        var = self.head.variance(x_t).to(torch.float64).numpy()
+        return mean, np.array(var)
 
     def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean (D,), var (D,)) of the learned Gaussian posterior at x_obs (fresh float64 arrays).
@@ -47,7 +47,7 @@ class GaussianEMA(nn.Module):
         with torch.no_grad():
             x_t = torch.as_tensor(x_obs, dtype=self.head.dtype).reshape(1, self.dim)
             mean = self.head.mean(x_t)[0].to(torch.float64)
-            var = torch.exp(self.head.log_var).to(torch.float64)
+            var = self.head.variance(x_t)[0].to(torch.float64)
         return mean.numpy(), var.numpy()
 
     def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
