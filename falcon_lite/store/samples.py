@@ -74,6 +74,10 @@ class AppendResult:
     checked: Checked | None = field(default=None, repr=False, compare=False)
     inputs: tuple = field(default=(), repr=False, compare=False)
 
+    def __getstate__(self) -> dict:
+        # sent to another process (Ray), the input cannot be the very arrays there: leave it out
+        return {**self.__dict__, "checked": None, "inputs": ()}
+
     def checked_for(self, *arrays) -> Checked | None:
         """The validated input if `arrays` are the very objects that were appended, else None."""
         same = len(arrays) == len(self.inputs) and all(a is b for a, b in zip(arrays, self.inputs))
