@@ -10,9 +10,13 @@ All three run in this process's session, one after another, on the same machine:
 - inline: the same run with the inline runtime;
 - bare loop: the same network, batch and optimizer on in-memory data.
 
+The Ray runtime runs twice: continuous (`runtime.steps_per_batch = null`: the trainer
+trains while batches arrive, falcon's mode) and lock-step (one optimizer step per batch of
+128, the seed's semantics). Simulations/s counts samples stored (the store's totals).
+
 Target: ray steps/s >= 0.7 x bare loop steps/s, and simulation keeping up with training.
 
-    .venv/bin/python bench/ray_loop.py [--steps 600]
+    .venv/bin/python bench/ray_loop.py [--steps 600] [--ray-steps 6000]
 """
 
 from __future__ import annotations
@@ -148,6 +152,7 @@ def main() -> None:
         c.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     n = OVERRIDES["buffer.simulations_per_step"]
+    load_before = os.getloadavg()[0]
     try:
         migrate(url)
         bare = bench_bare(config_for(args.steps, 1))
@@ -170,6 +175,7 @@ def main() -> None:
     for label, steps, sims in rows:
         print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {steps / bare:8.2f}")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
+    print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":
