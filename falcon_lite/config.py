@@ -71,8 +71,9 @@ class PriorConfig(Strict):
         return self
 
 
-# Named estimator settings. "calibrated": a residual mean head (mu(x) = x + r(x)) on online-
-# standardised inputs and outputs; it stays calibrated with prior mixing (docs/calibration.md).
+# Named estimator settings. "calibrated": a residual mean head, mu(x) = base(x) + base'(x) r(x) with
+# base the simulator's known inverse, on online-standardised inputs and outputs; it stays
+# calibrated with prior mixing (docs/calibration.md).
 PRESETS: dict[str, dict[str, Any]] = {"calibrated": {"residual": True, "normalize": True, "residual_base": "auto"}}
 
 
