@@ -245,6 +245,14 @@ class Trainer:
         self.engine.dispose()
 
 
+def _first_finished(launched: dict):
+    """The earliest launched of the refs in `launched` that are done (ray.wait does not
+    promise to list finished refs in the order they were given)."""
+    finished, _ = ray.wait(list(launched), num_returns=len(launched), timeout=0)
+    finished = set(finished)
+    return next(ref for ref in launched if ref in finished)
+
+
 @ray.remote(num_cpus=0.01, max_restarts=0, max_concurrency=8)
 class Supervisor:
     """One run's owner. `start` launches the pipeline in a thread; `stop` ends it gracefully."""
@@ -357,6 +365,7 @@ class Supervisor:
                     trained, steer, queued = ray.get(room)
                     room = None
                 elif ref in simulating:
+                    ref = _first_finished(simulating)  # in launch order when several are done
                     proposed, fraction = simulating.pop(ref)
                     if self.writer is None:
                         trained, steer, queued = ray.get(self.trainer.submit.remote(proposed, ref))
