@@ -143,7 +143,6 @@ class Trainer:
         self.halting = threading.Event()
         self.checks: dict | None = None  # held-out checks of the newest batch, for the next row
         self.batches = 0
-        self.beat = time.monotonic()  # when this mirror last recorded its version
         self.published = self._snapshot()
 
     def _snapshot(self) -> tuple[int, int, tuple]:
@@ -213,10 +212,6 @@ class Trainer:
                 loop.ingest(self.state, self.store, self.mirror, proposed, x)
             else:
                 loop.follow(self.state, self.mirror, proposed, x, written)
-                if time.monotonic() - self.beat > self.mirror.heartbeat_s:
-                    # the writer purges from another process: tell it what this mirror holds
-                    self.mirror.heartbeat()
-                    self.beat = time.monotonic()
             self.checks = loop.held_out(self.state, proposed, x) or self.checks
             self.batches += 1
             if written is None and self.batches % PURGE_EVERY == 0:

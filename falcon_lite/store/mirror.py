@@ -7,8 +7,8 @@ dropped), so its cost follows the change, not the table. `apply` follows an appe
 made in this process from its `AppendResult` without any query. The mirror is a
 registered reader (table ``readers``): `purge` keeps every TOMBSTONE row it has not
 seen. Its recorded version (never ahead of what it holds) is written at registration, by
-`heartbeat`, and by `sync` at most every ``heartbeat_s`` seconds, so most syncs are
-read-only transactions (one snapshot, no commit flush).
+`heartbeat`, and by `sync` and `apply` at most every ``heartbeat_s`` seconds, so most
+syncs are read-only transactions (one snapshot, no commit flush).
 
 `draw` makes a training batch from the trainable pool (TRAINING + DISFAVOURED): the
 whole pool, shuffled, when it holds at most `batch_size` rows; otherwise
@@ -169,6 +169,8 @@ class Mirror:
             self._take(np.flatnonzero(self.status < TOMBSTONE))
         self._reindex()
         self.version = result.version
+        if time.monotonic() - self._written >= self.heartbeat_s:
+            self.heartbeat()  # kept by apply alone, it stays a live reader for a purge in any process
 
     def heartbeat(self) -> None:
         """Record this mirror's version and liveness (so purge may free what it has seen)."""
