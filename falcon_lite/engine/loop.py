@@ -6,7 +6,6 @@ from its actors (proposal sampler, simulators, trainer).
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,19 +48,15 @@ def posterior_at_obs(state: RunState) -> tuple[np.ndarray, np.ndarray]:
     proposal of step s + 1 see the same weights, so the second reuses the first's result until
     `train` changes them. (An NLE posterior moves its MAP warm start, so it is not reused.)
     """
-    cached = _AT_OBS.get(state.estimator)
+    cached = state.at_obs
     if cached is not None and cached[0] == state.step:
         return cached[1], cached[2]
     mean, var = state.estimator.posterior(state.simulator.x_obs)
     if state.config.estimator.name == "gaussian_ema":
         mean.setflags(write=False)
         var.setflags(write=False)
-        _AT_OBS[state.estimator] = (state.step, mean, var)
+        state.at_obs = (state.step, mean, var)
     return mean, var
-
-
-# estimator -> (optimizer steps taken, mean, var) of its posterior at x_obs; `train` drops the entry
-_AT_OBS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -172,7 +167,7 @@ def train(state: RunState, mirror, step: int) -> dict:
     if mirror.trainable_size == 0:
         return {"loss": float("nan"), "ess": 1.0}
     set_lr(state.optimizer, state.lr(step))
-    _AT_OBS.pop(state.estimator, None)  # the weights change below
+    state.at_obs = None  # the weights change below
     batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), state.prior_fraction)
     validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None
     return train_step(state.estimator, state.optimizer, batch, validation)

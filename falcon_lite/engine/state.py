@@ -47,6 +47,7 @@ class RunState:
     alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
     quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
+    at_obs: tuple | None = field(default=None, repr=False)  # (step, mean, var): loop.posterior_at_obs's cache
 
     @property
     def seed(self) -> int:
