@@ -134,9 +134,20 @@ class AdaptiveQuotaConfig(Strict):
     """`buffer.prior_fraction = "adaptive"`: the explosion alarm steers the prior share."""
 
     low: Fraction = Field(0.0, description="The share while the run is healthy (the base).")
-    high: Fraction = Field(0.5, description="The share the alarm raises it to.")
+    high: Fraction = Field(
+        0.0, description="The share the alarm raises it to (0: the alarm rolls back instead; see docs/calibration.md)."
+    )
     half_life: PositiveInt = Field(
         500, description="Batches for the share's excess over `low` to halve once the alarm has cleared."
+    )
+    rollback: bool = Field(
+        True,
+        description="When the alarm fires, restore the estimator, optimizer and alarm to the last healthy "
+        "snapshot (taken while the alarm's average was below half its threshold) and cool the learning rate.",
+    )
+    lr_factor: float = Field(
+        0.1, gt=0, le=1, allow_inf_nan=False,
+        description="Each rollback multiplies the learning rate by this (1: keep it).",
     )
 
     @model_validator(mode="after")

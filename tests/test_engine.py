@@ -245,8 +245,68 @@ def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
     assert state.prior_fraction == pytest.approx(0.25)
 
 
+def test_adaptive_rollback_restores_the_last_sound_state():
+    """Healthy residuals arm the alarm and snapshot the estimator; after a drift the alarm
+    fires and the estimator, optimizer and alarm go back to that snapshot (checkpointed)."""
+    import torch
+
+    from falcon_lite.core.policy import Origin
+    from falcon_lite.engine.loop import SOUND_EVERY, Proposed, held_out
+    from falcon_lite.engine.state import restore
+
+    config = small(**{"buffer.prior_fraction": "adaptive"})  # defaults: share 0 -> 0, rollback, lr x 0.1
+    state = new_state(config)
+    lr = state.lr(100)
+    x = np.linspace(-1.0, 1.0, 32)[:, None]
+    mean, _ = state.estimator.posterior_batch(x)
+    offsets = np.where(np.arange(32) % 2 == 0, 1e-3, -1e-3)[:, None]  # residual mean 0: z = 0
+    healthy = Proposed(30, mean + offsets, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    for step in range(150):  # armed after 100 healthy batches; a snapshot when first sound
+        state.step = step
+        assert held_out(state, healthy, x)["rollbacks"] == 0.0
+    assert state.alarm.sound and state.sound is not None
+    kept_step = state.sound["step"]
+    assert 100 <= kept_step and state.step - kept_step < SOUND_EVERY
+    kept = {k: v.clone() for k, v in state.estimator.state_dict().items()}
+
+    with torch.no_grad():  # the drift: the network's output moves by far more than the spread
+        for p in state.estimator.parameters():
+            p.add_(0.05)
+    state.optimizer.state.clear()
+    drifted = Proposed(31, mean + offsets, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    for step in range(150, 400):
+        state.step = step
+        checks = held_out(state, drifted, x)
+        if checks["rollbacks"]:
+            break
+    assert checks["alarm"] == 1.0 and state.rollbacks == 1
+    for k, v in state.estimator.state_dict().items():
+        assert torch.equal(v, kept[k]), k
+    assert state.alarm.ema < 0.5 and state.alarm.armed  # the snapshot's alarm: not raised again at once
+    assert state.alarm.healthy == 0  # and no new snapshot before a full healthy stretch
+    assert state.lr(100) == pytest.approx(0.1 * lr) and state.prior_fraction == 0.0  # cooled, no prior share
+    again = restore(config, state.to_bytes())
+    assert again.rollbacks == 1 and again.sound["step"] == kept_step and again.lr(100) == pytest.approx(0.1 * lr)
+
+
+def test_rollback_needs_a_snapshot_and_can_be_off():
+    """An alarm before any sound snapshot, or with rollback off, leaves the estimator and lr as they are."""
+    from falcon_lite.engine.loop import respond
+
+    state = new_state(small(**{"buffer.prior_fraction": "adaptive"}))
+    respond(state, raised=True)
+    assert state.rollbacks == 0 and state.sound is None and state.lr_scale == 1.0
+    state = new_state(small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.rollback": False}))
+    state.alarm.armed, state.alarm.healthy, state.alarm.ema = True, 500, 0.1
+    respond(state, raised=False)
+    assert state.sound is None  # no snapshots kept
+    with pytest.raises(ValidationError, match="lr_factor"):
+        RunConfig.model_validate({"buffer": {"adaptive": {"lr_factor": 0}}})
+
+
 def test_adaptive_run_records_its_quota_and_share(sqlite_url):
-    _, rows = _run(sqlite_url, small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.25}))
+    _, rows = _run(sqlite_url, small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.25,
+                                      "buffer.adaptive.high": 0.5}))
     assert {r["prior_fraction"] for r in rows} == {0.25}  # no alarm in a short healthy run
     # 20 warm-up batches all prior, then 8 of 32 per batch: the cumulative share drawn
     assert rows[-1]["prior_drawn_share"] == pytest.approx((20 * 32 + 40 * 8) / (60 * 32))

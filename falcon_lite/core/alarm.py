@@ -27,6 +27,7 @@ import numpy as np
 THRESHOLD = 1.0
 MOMENTUM = 0.05
 ARM_STEPS = 100
+SOUND = THRESHOLD / 2  # an armed run whose average is below this is a safe point to roll back to
 
 
 def residual_z(theta: np.ndarray, mean_pred: np.ndarray) -> np.ndarray:
@@ -75,6 +76,11 @@ class Alarm:
     def observe(self, z: float) -> bool:
         """Take the next raw z; return whether the alarm is raised."""
         return self.observe_ema(smooth(self.ema, z))
+
+    @property
+    def sound(self) -> bool:
+        """Armed, and its average well below the threshold: a state worth keeping to roll back to."""
+        return self.armed and self.ema is not None and self.ema < SOUND
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -132,11 +132,29 @@ def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
     mean, var = state.estimator.posterior_batch(x)  # (no grad)
     z = float(np.max(alarm.residual_z(theta, mean)))
     raised = state.alarm.observe(z)
-    if state.quota is not None:  # buffer.prior_fraction = "adaptive": the quota follows the alarm
-        state.quota.observe(raised)
     row = {"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)}
     row.update(diagnostics.coverage(theta, mean, var, per_dim=False))
+    if state.quota is not None:  # buffer.prior_fraction = "adaptive": the quota follows the alarm
+        state.quota.observe(raised)
+        respond(state, raised)
+        row["rollbacks"] = float(state.rollbacks)
     return row
+
+
+SOUND_EVERY = 50  # steps between snapshots of a healthy run (adaptive rollback)
+
+
+def respond(state: RunState, raised: bool) -> None:
+    """The adaptive policy's rollback (`buffer.adaptive.rollback`): while the run is sound
+    (its alarm's average below half the threshold, after a full healthy stretch), keep a
+    snapshot every SOUND_EVERY steps; when the alarm fires, go back to the last one."""
+    if not state.config.buffer.adaptive.rollback:
+        return
+    if raised and state.sound is not None:
+        state.roll_back()
+    elif (state.alarm.sound and state.alarm.healthy >= alarm.ARM_STEPS
+          and (state.sound is None or state.step - state.sound["step"] >= SOUND_EVERY)):
+        state.keep_sound()
 
 
 def train_and_diagnose(state: RunState, store, mirror, step: int, checks: dict | None = None) -> dict | None:

@@ -39,7 +39,7 @@ def table(results: list[dict], series: list[dict]) -> str:
     """One row per grid point, aggregated over its seeds."""
     head = ["grid point", "seeds", *OUTCOMES, "median final std_ratio", "median final abs bias/sigma",
             "median converged step", "median explosion step", "alarm fired", "alarm before explosion",
-            "median alarm lead (steps)", "final coverage 68%", "prior samples drawn", "mean wall s"]
+            "median alarm lead (steps)", "final coverage 68%", "prior samples drawn", "median rollbacks", "mean wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, members in group(results, series).items():
         rows = [r for r, _ in members]
@@ -55,6 +55,7 @@ def table(results: list[dict], series: list[dict]) -> str:
             _median(_alarm_lead(r) for r in rows),
             _median(r.get("final_coverage_68") for r in rows),
             _median(r.get("prior_sample_share") for r in rows),
+            _median(r.get("rollbacks", 0) for r in rows),
             f"{np.mean([r['wall_seconds'] for r in rows]):.1f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

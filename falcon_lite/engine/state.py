@@ -8,6 +8,7 @@ same seed share their prior, proposal and noise draws wherever the policies allo
 
 from __future__ import annotations
 
+import copy
 import io
 from dataclasses import dataclass, field
 
@@ -48,6 +49,9 @@ class RunState:
     quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
     truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
     at_obs: tuple | None = field(default=None, repr=False)  # (step, mean, var): loop.posterior_at_obs's cache
+    sound: dict | None = field(default=None, repr=False)  # the last healthy snapshot (adaptive rollback)
+    rollbacks: int = 0
+    lr_scale: float = 1.0  # the learning rate's factor after rollbacks (buffer.adaptive.lr_factor each)
 
     @property
     def seed(self) -> int:
@@ -60,7 +64,30 @@ class RunState:
 
     def lr(self, step: int) -> float:
         t = self.config.training
-        return t.lr if step < t.warmup_steps else t.lr_after_warmup
+        return (t.lr if step < t.warmup_steps else t.lr_after_warmup) * self.lr_scale
+
+    def keep_sound(self) -> None:
+        """Snapshot the estimator, optimizer and alarm as the state to roll back to."""
+        self.sound = {
+            "step": self.step,
+            "estimator": copy.deepcopy(self.estimator.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "alarm": self.alarm.to_dict(),
+        }
+
+    def roll_back(self) -> int:
+        """Restore the last healthy snapshot (the step counter and the buffer go on) and cool the
+        learning rate by `buffer.adaptive.lr_factor`; returns the snapshot's step."""
+        self.estimator.load_state_dict(self.sound["estimator"])
+        self.optimizer.load_state_dict(copy.deepcopy(self.sound["optimizer"]))
+        self.alarm = Alarm(**self.sound["alarm"])
+        # Its average restarts from the snapshot's: no new snapshot until a full healthy stretch has
+        # passed, or one taken while the average still lags would keep a state already drifting.
+        self.alarm.healthy = 0
+        self.at_obs = None
+        self.rollbacks += 1
+        self.lr_scale *= self.config.buffer.adaptive.lr_factor
+        return self.sound["step"]
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
@@ -71,6 +98,9 @@ class RunState:
                 "drawn_total": self.drawn_total,
                 "alarm": self.alarm.to_dict(),
                 "quota": None if self.quota is None else self.quota.current,
+                "sound": self.sound,
+                "rollbacks": self.rollbacks,
+                "lr_scale": self.lr_scale,
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
             },
@@ -110,4 +140,7 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.alarm = Alarm(**saved.get("alarm", {}))
     if state.quota is not None and saved.get("quota") is not None:
         state.quota.current = saved["quota"]
+    state.sound = saved.get("sound")
+    state.rollbacks = saved.get("rollbacks", 0)
+    state.lr_scale = saved.get("lr_scale", 1.0)
     return state

@@ -69,7 +69,7 @@ def run_job(job: dict) -> dict:
             except RunDiverged:
                 pass  # recorded as failed on the run; its metrics so far say `diverged`
             with session_factory(engine).begin() as session:
-                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, "prior_drawn_share"], limit=None)
+                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, "prior_drawn_share", "rollbacks"], limit=None)
         finally:
             engine.dispose()
     steps = np.array([r["step"] for r in rows])
@@ -97,6 +97,7 @@ def run_job(job: dict) -> dict:
         "alarm_step": first_alarm(steps, series["alarm_ema"]),
         # share of all simulations drawn from the prior, warm-up included (the cost of a quota)
         "prior_sample_share": rows[-1].get("prior_drawn_share") if rows else None,
+        "rollbacks": int(rows[-1].get("rollbacks") or 0) if rows else 0,  # adaptive rollbacks taken
         **coverage,
         "_series": {"step": steps.tolist(), **{k: [_finite_or_none(v) for v in s] for k, s in series.items()}},
     }
