@@ -558,3 +558,14 @@ def test_event_data_with_non_finite_numbers_is_stored_as_null(engine):
     with factory.begin() as s:
         event = runs.events_since(s, run_id)[-1]
         assert (event.kind, event.data) == ("diagnostics", {"step": 0, "loss": None, "rows": [{"x": None}]})
+
+
+def test_moves_go_as_ranges_of_consecutive_seqs_with_one_move():
+    from falcon_lite.store.samples import _move_ranges
+
+    seqs = np.array([7, 3, 4, 5, 9, 10, 11])
+    olds = np.array([1, 1, 1, 2, 1, 1, 1])
+    news = np.array([3, 3, 3, 3, 3, 2, 2])
+    # (new, version, run, first, last, old): 3-4 one move, 5 another old, 7 alone, 9 / 10-11 split by new
+    assert list(_move_ranges(1, 8, seqs, olds, news)) == [
+        (3, 8, 1, 3, 4, 1), (3, 8, 1, 5, 5, 2), (3, 8, 1, 7, 7, 1), (3, 8, 1, 9, 9, 1), (2, 8, 1, 10, 11, 1)]

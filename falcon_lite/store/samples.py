@@ -433,14 +433,14 @@ class SampleStore:
         return SAMPLES.c.seq.in_(values)
 
     def _update_moves(self, conn: Connection, version: int, seqs, olds, news) -> None:
-        """SQLite: one driver-level executemany, ``UPDATE ... WHERE seq = ? AND status = old`` per row."""
+        """SQLite: one driver-level executemany of ``UPDATE ... WHERE seq BETWEEN a AND b AND
+        status = old``, a statement per run of consecutive seqs with the same move (a fresh
+        buffer retires its whole previous batch in one)."""
         if not len(seqs):
             return
-        n = len(seqs)
-        rows = zip(news.tolist(), repeat(version, n), repeat(self.run_id, n), seqs.tolist(), olds.tolist())
         with _driver_cursor(conn) as cursor:
-            cursor.executemany(_SQLITE_MOVE, rows)
-            self._check_changed(cursor.rowcount, n)
+            cursor.executemany(_SQLITE_MOVE, _move_ranges(self.run_id, version, seqs, olds, news))
+            self._check_changed(cursor.rowcount, len(seqs))
 
     def _check_changed(self, changed: int, expected: int) -> None:
         if changed != expected:
@@ -477,6 +477,23 @@ class SampleStore:
             cursor.executemany(_SQLITE_INSERT, rows)
 
 
+def _move_ranges(run_id: int, version: int, seqs: np.ndarray, olds: np.ndarray, news: np.ndarray):
+    """Parameters of _SQLITE_MOVE, one tuple per maximal run of seqs that are consecutive
+    integers with the same (old, new) status; sorted by seq. Every seq of a run is in `seqs`
+    with status `old`, so the statement changes exactly those rows (rowcount checks it).
+
+    >>> list(_move_ranges(1, 7, np.array([5, 3, 4, 9]), np.array([1, 1, 1, 1]), np.array([3, 3, 3, 3])))
+    [(3, 7, 1, 3, 5, 1), (3, 7, 1, 9, 9, 1)]
+    """
+    order = np.argsort(seqs, kind="stable")
+    seqs, olds, news = seqs[order], olds[order], news[order]
+    breaks = np.flatnonzero((np.diff(seqs) != 1) | (np.diff(olds) != 0) | (np.diff(news) != 0)) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [len(seqs)])) - 1
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        yield int(news[a]), version, run_id, int(seqs[a]), int(seqs[b]), int(olds[a])
+
+
 @contextmanager
 def _driver_cursor(conn: Connection) -> Iterator[Any]:
     """A DBAPI cursor inside `conn`'s transaction, for the hot path (no per-statement SQLAlchemy
@@ -500,7 +517,7 @@ _PG_LOCK = text(_LOCK_SET.format(*(f":{n}" for n in _LOCK_NAMES))).bindparams(
     bindparam("updated", type_=RUNS.c.updated.type)
 )
 _SQLITE_PURGE = "DELETE FROM samples WHERE run_id = ? AND status = ?{} RETURNING origin"
-_SQLITE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq = ? AND status = ?"
+_SQLITE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq BETWEEN ? AND ? AND status = ?"
 _SQLITE_COUNTS = "UPDATE status_counts SET n = n + ? WHERE run_id = ? AND status = ? AND origin = ?"
 _PG_COUNTS = text(
     "UPDATE status_counts SET n = n + :b_n WHERE run_id = :b_run AND status = :b_status AND origin = :b_origin"
