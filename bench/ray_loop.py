@@ -10,9 +10,12 @@ All three run in this process's session, one after another, on the same machine:
 - inline: the same run with the inline runtime;
 - bare loop: the same network, batch and optimizer on in-memory data.
 
-The Ray runtime runs twice: continuous (`runtime.steps_per_batch = null`: the trainer
-trains while batches arrive, falcon's mode) and lock-step (one optimizer step per batch of
-128, the seed's semantics). Simulations/s counts samples stored (the store's totals).
+The Ray runtime runs in four modes: continuous (`runtime.steps_per_batch = null`: the
+trainer trains while batches arrive, falcon's mode); paced (`steps_per_batch = 8`: up to 8
+optimizer steps per batch of 128, i.e. 16 new simulations per step, the trainer waiting
+only if simulation falls behind), with diagnostics every step and every 10 steps
+(`training.diagnostics_every`); and lock-step (one optimizer step per batch of 128, the
+seed's semantics). Simulations/s counts samples stored (the store's totals).
 
 Target: ray steps/s >= 0.7 x bare loop steps/s, and simulation keeping up with training.
 
@@ -141,9 +144,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    def config_for(steps: int, per_batch: int | None) -> RunConfig:
+    def config_for(steps: int, per_batch: int | None, diagnostics_every: int = 1) -> RunConfig:
         return with_overrides(RunConfig(), {**OVERRIDES, "training.steps": steps, "training.warmup_steps": steps // 5,
-                                            "runtime.steps_per_batch": per_batch})
+                                            "runtime.steps_per_batch": per_batch,
+                                            "training.diagnostics_every": diagnostics_every})
 
     name = f"flr_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
@@ -157,22 +161,26 @@ def main() -> None:
         bare = bench_bare(config_for(args.steps, 1))
         inline = bench_inline(url, config_for(args.steps, 1))
         continuous = bench_ray(url, config_for(args.ray_steps, None))
+        paced = bench_ray(url, config_for(args.ray_steps, 8))
+        paced_10 = bench_ray(url, config_for(args.ray_steps, 8, diagnostics_every=10))
         lockstep = bench_ray(url, config_for(args.steps, 1))
     finally:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
     print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, batch 128, rolling 1024/256, {n} sims per batch, "
-          f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous)")
-    print(f"{'runtime':40} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'vs bare':>8}")
+          f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous, paced)")
+    print(f"{'runtime':52} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'vs bare':>8}")
     rows = [
         ("bare loop", bare, float("nan")),
         ("inline", inline, inline * n),
         ("ray, continuous (steps_per_batch=null)", *continuous[:2]),
+        ("ray, paced (steps_per_batch=8)", *paced[:2]),
+        ("ray, paced (steps_per_batch=8), diagnostics every 10", *paced_10[:2]),
         ("ray, lock-step (steps_per_batch=1)", *lockstep[:2]),
     ]
     for label, steps, sims in rows:
-        print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {steps / bare:8.2f}")
+        print(f"{label:52} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {steps / bare:8.2f}")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
     print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 

@@ -143,11 +143,18 @@ class Trainer:
         self.halting = threading.Event()
         self.checks: dict | None = None  # held-out checks of the newest batch, for the next row
         self.batches = 0
-        self.published = self._snapshot()
+        self.fresh = False  # a batch was ingested since the steer was last published
+        self.steer = None
+        self.published = self._snapshot(steer=True)
 
-    def _snapshot(self) -> tuple[int, int, tuple]:
+    def _snapshot(self, steer: bool) -> tuple[int, int, tuple]:
+        """What the other threads read: steps trained, the next batch, and how to steer it.
+        The steer (a forward pass at x_obs unless diagnostics just made one) is recomputed
+        when asked; the step count always."""
         state = self.state
-        return state.step, state.next_proposal, (loop.posterior_for(state, state.step), state.prior_fraction)
+        if steer or self.steer is None:
+            self.steer = (loop.posterior_for(state, state.step), state.prior_fraction)
+        return state.step, state.next_proposal, self.steer
 
     def progress(self) -> tuple[int, int, tuple]:
         """Steps trained, the next batch to simulate, and how to steer it: (the posterior to
@@ -214,6 +221,7 @@ class Trainer:
                 loop.follow(self.state, self.mirror, proposed, x, written)
             self.checks = loop.held_out(self.state, proposed, x) or self.checks
             self.batches += 1
+            self.fresh = True
             if written is None and self.batches % PURGE_EVERY == 0:
                 self.store.purge()
             got += 1
@@ -228,7 +236,11 @@ class Trainer:
             self.recorder.add(row, state.step)
         if state.step % state.config.training.checkpoint_every == 0:
             self.checkpoint()
-        self.published = self._snapshot()
+        # Continuous training steers the next batches from the weights of the moment a batch
+        # arrives (that is when the supervisor proposes more), not after every step.
+        continuous = state.config.runtime.steps_per_batch is None
+        self.published = self._snapshot(steer=not continuous or self.fresh or row is not None)
+        self.fresh = False
 
     def pid(self) -> int:
         return os.getpid()
