@@ -310,3 +310,20 @@ def test_adaptive_run_records_its_quota_and_share(sqlite_url):
     assert {r["prior_fraction"] for r in rows} == {0.25}  # no alarm in a short healthy run
     # 20 warm-up batches all prior, then 8 of 32 per batch: the cumulative share drawn
     assert rows[-1]["prior_drawn_share"] == pytest.approx((20 * 32 + 40 * 8) / (60 * 32))
+
+
+def test_recorder_raises_an_event_per_rollback_and_none_on_resume(sqlite_url):
+    """A resumed run's first row sets the baseline; each later increase is one `rollback` event."""
+    from falcon_lite.engine.inline import Recorder
+
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, small()).id
+    recorder = Recorder(engine, run_id)
+    for step, n in enumerate([2, 2, 3, 3, 5]):  # resumed with 2 rollbacks taken before
+        recorder.add({"step": step, "rollbacks": float(n), "lr": 1e-4}, step)
+    recorder.flush(5)
+    with session_factory(engine).begin() as s:
+        rolled = [e.data for e in runs.events_since(s, run_id) if e.kind == "rollback"]
+    engine.dispose()
+    assert rolled == [{"step": 2, "rollbacks": 3, "lr": 1e-4}, {"step": 4, "rollbacks": 5, "lr": 1e-4}]

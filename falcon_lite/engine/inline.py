@@ -36,6 +36,7 @@ class Recorder:
         self.last_flush = time.monotonic()
         self.regime: float | None = None
         self.alarm: float | None = None
+        self.rollbacks: float | None = None
 
     def add(self, row: dict, step: int) -> None:
         self.rows.append(row)
@@ -55,8 +56,15 @@ class Recorder:
         self.last_flush = time.monotonic()
 
     def _regime_events(self, session, rows: list[dict]) -> None:
-        """Events when the run changes regime (by the truth) or the alarm flips (without it)."""
+        """Events when the run changes regime (by the truth), the alarm flips (without it), or
+        the adaptive policy rolls back."""
         for row in rows:
+            rollbacks = row.get("rollbacks")
+            if rollbacks is not None:
+                if self.rollbacks is not None and rollbacks > self.rollbacks:
+                    runs.add_event(session, self.run_id, "rollback",
+                                   {"step": row["step"], "rollbacks": int(rollbacks), "lr": row.get("lr")})
+                self.rollbacks = rollbacks
             alarm = row.get("alarm")
             if alarm is not None and alarm != self.alarm:
                 if alarm or self.alarm is not None:
