@@ -10,3 +10,4 @@ $fl stress --grid estimator.importance_weighting=true --seeds 3 --steps 10000 --
 $fl stress --grid estimator.normalize=true --grid buffer.prior_fraction=0,0.2 --seeds 3 --steps 10000 --workers $W --out docs/explosion/normalize
 $fl stress --base docs/explosion/rolling.json --grid buffer.prior_fraction=0,0.2 --seeds 3 --steps 10000 --workers $W --out docs/explosion/rolling
 $fl stress --grid estimator.importance_weighting=true --grid proposal.temperature=10,20 --seeds 3 --steps 10000 --workers $W --out docs/explosion/gamma
+$fl stress --grid training.lr_after_warmup=1e-4,1e-5 --seeds 5 --steps 10000 --workers $W --out docs/explosion/lr
