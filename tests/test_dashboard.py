@@ -50,11 +50,22 @@ def browser():
 
 
 def wait(driver, predicate, what: str, timeout: float = WAIT_S):
+    """Poll `predicate` until it returns a truthy value. The runs table is drawn anew every 2 s:
+    an element found in one drawing and read in the next is stale, and is looked up again."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.3).until(
+    return WebDriverWait(driver, timeout, poll_frequency=0.3,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: predicate(d), message=f"timed out waiting for {what}"
     )
+
+
+def click(driver, element_id: str) -> None:
+    """Click the element with this id (looked up again if the table was redrawn meanwhile)."""
+    from selenium.webdriver.common.by import By
+
+    wait(driver, lambda d: d.find_element(By.ID, element_id).click() or True, f"#{element_id} to be clicked")
 
 
 # Count the pixels of one chart's canvas that have the series' stroke colour.
@@ -92,9 +103,9 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
     steps.send_keys("100000")
     browser.find_element(By.ID, "new-run-submit").click()
 
-    row = wait(browser, lambda d: next((r for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run-id]")
-                                        if "from-the-browser" in r.text), None), "the new run's row")
-    run_id = int(row.get_attribute("data-run-id"))
+    run_id = int(wait(browser, lambda d: next((r.get_attribute("data-run-id")
+                                               for r in d.find_elements(By.CSS_SELECTOR, "#runs-table tr[data-run-id]")
+                                               if "from-the-browser" in r.text), None), "the new run's row"))
     assert browser.find_element(By.ID, "error").get_attribute("hidden") is not None, browser.find_element(By.ID, "error").text
     wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "running",
          "the run to be listed as running")
@@ -117,18 +128,18 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
     assert browser.execute_script(COLOUR_PIXELS, "#chart-std-ratio", 0x22, 0x77, 0xAA) > 20
     assert browser.execute_script(COLOUR_PIXELS, "#chart-bias", 0xCC, 0x55, 0x22) > 20
 
-    browser.find_element(By.ID, f"run-stop-{run_id}").click()
+    click(browser, f"run-stop-{run_id}")
     wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "stopped",
          "the run to be listed as stopped")
     wait(browser, lambda d: d.find_element(By.ID, "detail-status").get_attribute("data-status") == "stopped",
          "the live status to say stopped")
     # Resume from the page: the charts go on from where they were, without replaying the run.
     shown_before = series()[1]
-    browser.find_element(By.ID, f"run-resume-{run_id}").click()
+    click(browser, f"run-resume-{run_id}")
     wait(browser, lambda d: series()[1] >= shown_before + 5, "more diagnostics after resume")
     steps = browser.execute_script("return window.falconDashboard.series.steps;")
     assert all(a < b for a, b in zip(steps, steps[1:])), "a step was drawn twice"
-    browser.find_element(By.ID, f"run-stop-{run_id}").click()
+    click(browser, f"run-stop-{run_id}")
     wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "stopped",
          "the run to be listed as stopped again")
     with Client(ray_server.url, token=TOKEN) as api:
