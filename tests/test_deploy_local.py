@@ -161,8 +161,10 @@ def test_compose_commands_as_local_processes(database_url: str, tmp_path: Path) 
     token = secrets.token_urlsafe(16)
     # RAY_AUTH_MODE: as in the containers. Explicit here because a token file that another Ray
     # left in ~/.ray turns token auth on for a head but not for the nodes that join it.
+    # RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S: as docker-compose.yml sets it.
     env = dict(os.environ, DATABASE_URL=database_url, RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1",
-               RAY_AUTH_MODE="disabled", FALCON_LITE_DATA_DIR=str(tmp_path / "data"))
+               RAY_AUTH_MODE="disabled", RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+               FALCON_LITE_DATA_DIR=str(tmp_path / "data"))
     env.pop("RAY_ADDRESS", None)
     procs = Processes(tmp_path)
     try:
