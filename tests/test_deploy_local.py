@@ -116,9 +116,13 @@ class Processes:
         return (self.logs / f"{name}.log").read_text(errors="replace")[-n:]
 
     def stop_all(self) -> None:
+        """SIGTERM to each command alone, as a container's init forwards `docker stop` to its
+        main process: `ray start --block` then stops the processes it started itself (a signal
+        to the whole group stopped the head's GCS under it, and the head waited 30 s for it to
+        answer). Its group is killed only if it hangs."""
         for _name, proc in reversed(self.started):  # api first, head last
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
