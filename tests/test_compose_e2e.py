@@ -325,8 +325,9 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         rows = stack.sql(f"SELECT count(*) FROM samples WHERE run_id = {run_id}", user, db)
         t = time.monotonic()
         stack.run("down", timeout=300)
+        down_s, t = time.monotonic() - t, time.monotonic()
         stack.run("up", "-d", "--wait", timeout=600)
-        log(f"down, then up --wait: back in {time.monotonic() - t:.0f} s")
+        log(f"down in {down_s:.0f} s, then up --wait: back in {time.monotonic() - t:.0f} s")
         again = api.get(f"/runs/{run_id}")
         assert (again["status"], again["step"]) == ("stopped", stopped["step"]), again
         assert api.get(f"/runs/{run_id}/buffer") == buffer
