@@ -144,10 +144,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    def config_for(steps: int, per_batch: int | None, diagnostics_every: int = 1) -> RunConfig:
+    def config_for(steps: int, per_batch: int | None) -> RunConfig:
         return with_overrides(RunConfig(), {**OVERRIDES, "training.steps": steps, "training.warmup_steps": steps // 5,
-                                            "runtime.steps_per_batch": per_batch,
-                                            "training.diagnostics_every": diagnostics_every})
+                                            "runtime.steps_per_batch": per_batch})
 
     name = f"flr_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")

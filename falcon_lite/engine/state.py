@@ -75,10 +75,11 @@ class RunState:
             "alarm": self.alarm.to_dict(),
         }
 
-    def roll_back(self) -> int:
+    def roll_back(self) -> None:
         """Restore the last healthy snapshot (the step counter and the buffer go on) and cool the
-        learning rate by `buffer.adaptive.lr_factor`; returns the snapshot's step."""
+        learning rate by `buffer.adaptive.lr_factor`."""
         self.estimator.load_state_dict(self.sound["estimator"])
+        # (a copy: loading keeps same-device tensors as they are, and the optimizer updates them in place)
         self.optimizer.load_state_dict(copy.deepcopy(self.sound["optimizer"]))
         self.alarm = Alarm(**self.sound["alarm"])
         # Its average restarts from the snapshot's: no new snapshot until a full healthy stretch has
@@ -87,7 +88,6 @@ class RunState:
         self.at_obs = None
         self.rollbacks += 1
         self.lr_scale *= self.config.buffer.adaptive.lr_factor
-        return self.sound["step"]
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
