@@ -87,6 +87,22 @@ def test_run_end_to_end(control):
     with control.sessions.begin() as s:
         rows = runs.metrics_since(s, run_id, limit=None)
     assert len(rows) == 60 and all(r["trainable_prior"] >= 8 for r in rows if r["step"] >= 20)
+    supervisor_ends(run_id)
+
+
+def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
+    """A run's detached supervisor ends itself once the run's status is written: a run
+    leaves no process behind."""
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.get_actor(supervisor_name(run_id), namespace="falcon-lite")
+        except ValueError:
+            return
+        assert time.monotonic() < deadline, f"run {run_id}'s supervisor is still there {timeout} s after its end"
+        time.sleep(0.2)
 
 
 def control_composition(control, run_id):
@@ -112,6 +128,7 @@ def test_stop_and_resume_keep_the_step_count(control):
     wait_step(control, run_id, stopped_at + 30)
     control.stop(run_id)
     assert control.wait(run_id, timeout=60) == "stopped"
+    supervisor_ends(run_id)
     with control.sessions.begin() as s:
         after = runs.metrics_since(s, run_id, since_step=stopped_at - 1, limit=None)
     # continued from the checkpoint, not reset: the first resumed step follows the last one

@@ -13,7 +13,8 @@
   from the last checkpoint in the database.
 - Supervisor (named, detached): owns the others and drives the pipeline with a bounded
   number of simulation batches in flight or queued, handing them to the trainer in the
-  order they finish.
+  order they finish. Once it has written the run's final status it kills its children and
+  itself: a run leaves no process behind.
 
 Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
 including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
@@ -293,7 +294,7 @@ class Supervisor:
         return True
 
     def alive(self) -> bool:
-        """Whether the pipeline is still going (a finished supervisor is killed before a resume)."""
+        """Whether the pipeline is still going (a finished supervisor ends itself moments later)."""
         return self.thread is not None and self.thread.is_alive()
 
     def trainer_pid(self) -> int:
@@ -320,6 +321,10 @@ class Supervisor:
         finally:
             for child in self.children:
                 ray.kill(child)
+            # The run's status is written: a detached actor would otherwise outlive its run
+            # (a process per run ever started, until the cluster ends).
+            self.engine.dispose()
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def _spawn(self) -> None:
         cfg = self.config.model_dump(mode="json")
