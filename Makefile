@@ -29,6 +29,7 @@ bench: venv
 	$(PY) bench/buffer.py
 	$(PY) bench/loop.py
 	$(PY) bench/ray_loop.py
+	$(PY) bench/startup.py
 	$(PY) bench/api.py
 
 # The docker compose deployment for real (tests/test_compose_e2e.py): builds the images, runs the

@@ -228,7 +228,12 @@ def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
                       "buffer.adaptive.high": 0.5, "buffer.adaptive.half_life": 2})
     state = new_state(config)
     posterior = (np.array([0.3]), np.array([1e-12]))
-    assert np.count_nonzero(propose_from(state, 30, posterior).origin == Origin.PRIOR) == 0  # base: 0 %
+
+    def prior_rows(step: int) -> int:  # drawn under the quota in force
+        proposed = propose_from(state.config, state.prior, step, posterior, state.prior_fraction)
+        return np.count_nonzero(proposed.origin == Origin.PRIOR)
+
+    assert prior_rows(30) == 0  # base: 0 %
     state.alarm.armed = True  # a run that was healthy long enough; now fresh residuals far off
     theta = np.full((32, 1), 0.3) + np.linspace(-1e-6, 1e-6, 32)[:, None]
     x = theta + 1.0  # the estimate (untrained: mu(x) ~ 0) is off by far more than the spread
@@ -236,7 +241,7 @@ def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
     for _ in range(40):  # the alarm's moving average climbs past its threshold
         checks = held_out(state, batch, x)
     assert checks["alarm"] == 1.0 and state.prior_fraction == 0.5
-    assert np.count_nonzero(propose_from(state, 31, posterior).origin == Origin.PRIOR) == 16
+    assert prior_rows(31) == 16
     again = restore(config, state.to_bytes())
     assert again.prior_fraction == 0.5
     state.alarm.armed = False  # cleared: the excess halves every half_life observations

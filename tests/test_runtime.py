@@ -241,3 +241,30 @@ def test_an_unreachable_ray_address_fails_fast_and_names_it(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "ConnectionError: cannot reach Ray at 127.0.0.1:1" in done.stderr
+
+
+def test_only_the_trainer_loads_torch():
+    """The supervisor, sampler, simulators and writer import the runtime and propose,
+    simulate and store without torch (~2-4 s and ~300 MB per process): in a fresh process."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+import numpy as np
+from falcon_lite.config import RunConfig
+from falcon_lite.core.priors import make_prior
+from falcon_lite.core.simulators import make_simulator
+from falcon_lite.engine import loop
+import falcon_lite.runtime.actors, falcon_lite.runtime.control, falcon_lite.store
+config = RunConfig()
+simulator = make_simulator(config.simulator)
+prior = make_prior(config.prior, simulator.dim)
+for posterior in (None, (np.zeros(1), np.ones(1))):
+    proposed = loop.propose_from(config, prior, 3, posterior, 0.2)
+    assert loop.simulate(simulator, proposed, 0).shape == proposed.theta.shape
+print(sorted(m for m in sys.modules if m.partition(".")[0] == "torch")[:3])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

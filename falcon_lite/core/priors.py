@@ -3,15 +3,20 @@
 Every prior gives numpy ``sample(n, rng) -> (n, D)`` and ``log_prob(theta (n, D)) -> (n,)``
 (summed over dims; ``-inf`` outside a uniform's support), plus a torch ``log_prob_t`` used by
 the likelihood estimator's MAP search, and ``mean``/``std`` (D,) for starting points.
-Randomness only from the ``np.random.Generator`` passed in.
+Randomness only from the ``np.random.Generator`` passed in. Torch is imported by
+``log_prob_t`` only, so that proposing (numpy) does not load it.
 """
 
 from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 class NormalPrior:
@@ -61,6 +66,8 @@ class UniformPrior:
         return np.where(inside, self._log_density, -np.inf)
 
     def log_prob_t(self, theta: torch.Tensor) -> torch.Tensor:
+        import torch
+
         inside = ((theta >= self.low) & (theta <= self.high)).all(-1)
         value = torch.full(inside.shape, self._log_density, dtype=theta.dtype)
         return torch.where(inside, value, torch.full_like(value, -math.inf)) + 0.0 * theta.sum(-1)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
 from falcon_lite.config import RunConfig
 from falcon_lite.engine.loop import held_out, ingest, propose, simulate, sizes_of, train_and_diagnose
-from falcon_lite.engine.state import RunState, new_state, restore
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
 from falcon_lite.store.samples import SampleStore
+
+if TYPE_CHECKING:
+    from falcon_lite.engine.state import RunState
 
 PURGE_EVERY = 50
 
@@ -87,6 +90,8 @@ def load_state(engine: sa.Engine, run_id: int) -> RunState:
     re-does its steps from the checkpoint, while simulation goes on after the newest stored
     batch, so that no batch is ever stored twice.
     """
+    from falcon_lite.engine.state import new_state, restore
+
     with session_factory(engine).begin() as session:
         config = RunConfig.model_validate(runs.get_run(session, run_id).config)
         saved = runs.latest_checkpoint(session, run_id)

@@ -1,20 +1,25 @@
 """One run's step, written once: propose -> simulate -> store -> train -> diagnose.
 
 The inline runtime calls these in a plain loop; the Ray runtime calls the same functions
-from its actors (proposal sampler, simulators, trainer).
+from its actors (proposal sampler, simulators, trainer). Importing it does not import torch
+(the training functions do, when called): the Ray actors that only propose, simulate or
+write start without it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
-from falcon_lite.core.training import set_lr, train_step
-from falcon_lite.engine.state import BATCH, NOISE, PRIOR, PROPOSAL, RunState, rng
+from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
+
+if TYPE_CHECKING:
+    from falcon_lite.engine.state import RunState
 
 
 class RunDiverged(RuntimeError):
@@ -69,26 +74,27 @@ def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] |
     return mean, var
 
 
-def propose_from(state: RunState, step: int, posterior: tuple | None, fraction: float | None = None) -> Proposed:
-    """Draw step `step`'s parameters: the prior share by quota (`fraction`, else the run's
-    current one), the rest from N(mean, var * T).
+def propose_from(config, prior, step: int, posterior: tuple | None, fraction: float) -> Proposed:
+    """Draw step `step`'s parameters for a run of `config`: the prior share by the quota
+    `fraction`, the rest from N(mean, var * T).
 
     A function of (seed, step, posterior, fraction) alone, so a sampler anywhere draws the same numbers.
     """
-    n = state.config.buffer.simulations_per_step
+    n = config.buffer.simulations_per_step
     if posterior is None:
         proposal, n_prior = None, n
     else:
-        proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
-        n_prior = prior_draws(state.prior_fraction if fraction is None else fraction, n)
+        proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature)
+        n_prior = prior_draws(fraction, n)
+    seed = config.training.seed
     theta, origin, log_q, log_prior = draw_parameters(
-        state.prior, proposal, n, n_prior, rng(state.seed, PRIOR, step), rng(state.seed, PROPOSAL, step)
+        prior, proposal, n, n_prior, rng(seed, PRIOR, step), rng(seed, PROPOSAL, step)
     )
     return Proposed(step, theta, origin, log_q, log_prior)
 
 
 def propose(state: RunState, step: int) -> Proposed:
-    return propose_from(state, step, posterior_for(state, step))
+    return propose_from(state.config, state.prior, step, posterior_for(state, step), state.prior_fraction)
 
 
 def simulate(simulator, proposed: Proposed, seed: int) -> np.ndarray:
@@ -181,6 +187,8 @@ def train(state: RunState, mirror, step: int) -> dict:
 
     While the pool is still empty (VALIDATION fills first) there is nothing to train on.
     """
+    from falcon_lite.core.training import set_lr, train_step
+
     cfg = state.config
     if mirror.trainable_size == 0:
         return {"loss": float("nan"), "ess": 1.0}

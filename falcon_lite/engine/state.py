@@ -22,14 +22,7 @@ from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.simulators import make_simulator
 from falcon_lite.core.training import make_optimizer
-
-# Streams of the counter-based generators.
-PRIOR, PROPOSAL, NOISE, BATCH, INIT = range(5)
-
-
-def rng(seed: int, stream: int, step: int) -> np.random.Generator:
-    """The generator of one stream at one step: the same numbers wherever it is made."""
-    return np.random.default_rng([seed & 0xFFFFFFFF, stream, step])
+from falcon_lite.engine.streams import INIT, rng
 
 
 @dataclass

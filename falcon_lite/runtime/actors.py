@@ -16,6 +16,9 @@
   order they finish. Once it has written the run's final status it kills its children and
   itself: a run leaves no process behind.
 
+Only the trainer imports torch: the others start in a fraction of the time and memory (the
+engine's modules load it when a training function runs).
+
 Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
 including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
 as one), where a run would die with the API process. A 2-CPU node still holds ~200 actors.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import collections
 import os
 import queue
+import sys
 import threading
 import time
 
@@ -40,34 +44,38 @@ from falcon_lite.store.db import make_engine, session_factory
 from falcon_lite.store.samples import SampleStore
 
 
-def _one_thread() -> None:
-    import torch
+def _one_thread(load: bool = True) -> None:
+    """One torch thread per actor (two compete for one core here); with `load=False` only
+    where torch is already imported (a registered simulator may use it)."""
+    if load or "torch" in sys.modules:
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class ProposalSampler:
     def __init__(self, config: dict):
-        _one_thread()
-        from falcon_lite.engine.state import new_state
+        from falcon_lite.core.priors import make_prior
+        from falcon_lite.core.simulators import make_simulator
 
-        self.state = new_state(RunConfig.model_validate(config))
+        self.config = RunConfig.model_validate(config)
+        self.prior = make_prior(self.config.prior, make_simulator(self.config.simulator).dim)
 
     def propose(self, step: int, steer: tuple) -> loop.Proposed:
         """`steer`: the trainer's (posterior or None, prior fraction) for this batch."""
         posterior, fraction = steer
-        return loop.propose_from(self.state, step, posterior, fraction)
+        return loop.propose_from(self.config, self.prior, step, posterior, fraction)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class SimulatorActor:
     def __init__(self, config: dict, index: int):
-        _one_thread()
         from falcon_lite.core.simulators import make_simulator
 
         self.config = RunConfig.model_validate(config)
         self.simulator = make_simulator(self.config.simulator)
+        _one_thread(load=False)
         self.fail_every = self.config.runtime.simulator_fail_every
         self.calls = 0
         self.index = index
