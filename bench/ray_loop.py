@@ -15,7 +15,9 @@ trainer trains while batches arrive, falcon's mode, simulation as fast as it goe
 (`steps_per_batch = 8` and `16`: up to k optimizer steps per batch of 128, i.e. 16 or 8 new
 simulations per step, the trainer waiting only if simulation falls behind); and lock-step
 (one optimizer step per batch of 128, the seed's semantics). Simulations/s counts samples
-stored (the store's totals). The bare loop runs first and last; its mean is the baseline.
+stored (the store's totals); "waits" is the mean share of the trainer's time spent waiting
+for a simulated batch (the rows' `wait_share`: 0 when simulation keeps up). The bare loop
+runs first and last; its mean is the baseline.
 
 Target: ray steps/s >= 0.7 x bare loop steps/s, and simulation keeping up with training.
 
@@ -71,7 +73,7 @@ def stored_total(engine, run_id: int, config: RunConfig) -> int:
 
 
 def bench_ray(url: str, config: RunConfig) -> tuple[float, float, float]:
-    """(steps/s, simulations/s, simulations per step) of a run on a local Ray, measured
+    """(steps/s, simulations/s, trainer's waiting share) of a run on a local Ray, measured
     from the database while it runs, after its first 10 % of steps."""
     import ray
 
@@ -93,14 +95,15 @@ def bench_ray(url: str, config: RunConfig) -> tuple[float, float, float]:
             if run.status not in ("pending", "running", "stopping"):
                 break
             time.sleep(0.25)
-        control.close()
         assert run.status == "completed", run.reason
         skip = config.training.steps // 10
         kept = [(t, n) for t, n, step in sims if skip <= step < config.training.steps]
         (t0, n0), (t1, n1) = kept[0], kept[-1]
         per_s = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
-        step_rate = rate(steps, skip)
-        return step_rate, per_s, per_s / step_rate
+        with control.sessions.begin() as s:
+            shares = [r["wait_share"] for r in runs.metrics_since(s, run_id, since_step=skip - 1, limit=None)]
+        control.close()
+        return rate(steps, skip), per_s, sum(shares) / len(shares)
     finally:
         ray.shutdown()
 
@@ -171,17 +174,18 @@ def main() -> None:
         admin.dispose()
     print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, batch 128, rolling 1024/256, {n} sims per batch, "
           f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous, paced)")
-    print(f"{'runtime':52} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'vs bare':>8}")
+    print(f"{'runtime':52} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'waits':>6} {'vs bare':>8}")
+    nan = float("nan")
     rows = [
-        (f"bare loop (first {bare_first:.1f}, last {bare_last:.1f})", bare, float("nan")),
-        ("inline", inline, inline * n),
-        ("ray, continuous (steps_per_batch=null)", *continuous[:2]),
-        ("ray, paced (steps_per_batch=8)", *paced_8[:2]),
-        ("ray, paced (steps_per_batch=16)", *paced_16[:2]),
-        ("ray, lock-step (steps_per_batch=1)", *lockstep[:2]),
+        (f"bare loop (first {bare_first:.1f}, last {bare_last:.1f})", bare, nan, nan),
+        ("inline", inline, inline * n, nan),
+        ("ray, continuous (steps_per_batch=null)", *continuous),
+        ("ray, paced (steps_per_batch=8)", *paced_8),
+        ("ray, paced (steps_per_batch=16)", *paced_16),
+        ("ray, lock-step (steps_per_batch=1)", *lockstep),
     ]
-    for label, steps, sims in rows:
-        print(f"{label:52} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {steps / bare:8.2f}")
+    for label, steps, sims, waits in rows:
+        print(f"{label:52} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {waits:6.2f} {steps / bare:8.2f}")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
     print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 

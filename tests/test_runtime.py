@@ -163,6 +163,11 @@ def test_k_steps_per_batch_ingest_one_batch_per_k_steps(control):
     counts = per_step_counts(control, run_id)
     assert len(counts) == 10 and set(counts.values()) == {32}  # batches beyond what 40 steps need: dropped
     assert run_row(control, run_id)[1] == 40
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    # the trainer's waits for simulated batches: the first row's interval holds the wait for the
+    # first batch; shares of wall time in [0, 1]
+    assert rows[0]["wait_share"] > 0 and all(0 <= r["wait_share"] <= 1 for r in rows)
 
 
 @only("postgres")
@@ -178,6 +183,7 @@ def test_continuous_training_is_not_held_to_the_simulators(control):
         rows = runs.metrics_since(s, run_id, limit=None)
     assert [r["step"] for r in rows] == list(range(300))
     assert rows[0]["trainable"] >= 32 and all(r["loss"] == r["loss"] for r in rows)  # never an empty pool
+    assert all(r["wait_share"] == 0 for r in rows[1:])  # once the pool is filled it never waits
 
 
 @only("sqlite")

@@ -153,6 +153,8 @@ class Trainer:
         self.checks: dict | None = None  # held-out checks of the newest batch, for the next row
         self.batches = 0
         self.fresh = False  # a batch was ingested since the steer was last published
+        self.waited = 0.0  # seconds the training thread waited for a batch since the last metrics row
+        self.since = time.perf_counter()  # when that interval began
         self.steer = None
         self.published = self._snapshot(steer=True)
 
@@ -197,6 +199,7 @@ class Trainer:
         limit = state.config.runtime.steps_per_batch
         fill = max(1, state.config.buffer.min_training)
         credit = 0
+        self.waited, self.since = 0.0, time.perf_counter()
         while state.step < total and not self.halting.is_set():
             if limit is None:
                 # Continuous: take what has arrived; wait only while the pool is too small.
@@ -215,12 +218,15 @@ class Trainer:
         """Store the next batch (all waiting ones if `drain`); waits a moment for one if `wait`."""
         got = 0
         while True:
+            blocking = wait and not got
+            started = time.perf_counter()
             try:
-                proposed, (x, node), written = (
-                    self.inbox.get(timeout=0.1) if wait and not got else self.inbox.get_nowait()
-                )
+                proposed, (x, node), written = self.inbox.get(timeout=0.1) if blocking else self.inbox.get_nowait()
             except queue.Empty:
                 return got
+            finally:
+                if blocking:
+                    self.waited += time.perf_counter() - started
             with self.taken:
                 self.taken.notify_all()
             self.nodes[node] += 1
@@ -241,6 +247,11 @@ class Trainer:
         state = self.state
         row = loop.train_and_diagnose(state, self.store, self.mirror, state.step, self.checks)
         if row is not None:
+            # How much of the time since the previous row training sat waiting for a simulated
+            # batch: 0 while simulation keeps up.
+            now = time.perf_counter()
+            row["wait_share"] = min(1.0, self.waited / (now - self.since))
+            self.waited, self.since = 0.0, now
             self.checks = None
             self.recorder.add(row, state.step)
         if state.step % state.config.training.checkpoint_every == 0:
