@@ -17,7 +17,8 @@ simulations per step, the trainer waiting only if simulation falls behind); and 
 (one optimizer step per batch of 128, the seed's semantics). Simulations/s counts samples
 stored (the store's totals); "waits" is the mean share of the trainer's time spent waiting
 for a simulated batch (the rows' `wait_share`: 0 when simulation keeps up). The bare loop
-runs first and last; its mean is the baseline.
+runs before and after every other measurement, and each row is compared with the mean of
+the two bare runs around it (this 2-vCPU machine's speed drifts by a third within minutes).
 
 Target: ray steps/s >= 0.7 x bare loop steps/s, and simulation keeping up with training.
 
@@ -158,34 +159,37 @@ def main() -> None:
     url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     n = OVERRIDES["buffer.simulations_per_step"]
     load_before = os.getloadavg()[0]
+    nan = float("nan")
+
+    def inline() -> tuple[float, float, float]:
+        steps_per_s = bench_inline(url, config_for(args.steps, 1))
+        return steps_per_s, steps_per_s * n, nan
+
+    modes = [
+        ("inline", inline),
+        ("ray, continuous (steps_per_batch=null)", lambda: bench_ray(url, config_for(args.ray_steps, None))),
+        ("ray, paced (steps_per_batch=8)", lambda: bench_ray(url, config_for(args.ray_steps, 8))),
+        ("ray, paced (steps_per_batch=16)", lambda: bench_ray(url, config_for(args.ray_steps, 16))),
+        ("ray, lock-step (steps_per_batch=1)", lambda: bench_ray(url, config_for(args.steps, 1))),
+    ]
+    rows = []
     try:
         migrate(url)
-        bare_first = bench_bare(config_for(args.steps, 1))
-        inline = bench_inline(url, config_for(args.steps, 1))
-        continuous = bench_ray(url, config_for(args.ray_steps, None))
-        paced_8 = bench_ray(url, config_for(args.ray_steps, 8))
-        paced_16 = bench_ray(url, config_for(args.ray_steps, 16))
-        lockstep = bench_ray(url, config_for(args.steps, 1))
-        bare_last = bench_bare(config_for(args.steps, 1))
-        bare = (bare_first + bare_last) / 2
+        bares = [bench_bare(config_for(args.steps, 1))]
+        for label, measure in modes:
+            result = measure()
+            bares.append(bench_bare(config_for(args.steps, 1)))
+            rows.append((label, *result, (bares[-2] + bares[-1]) / 2))
     finally:
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
     print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, batch 128, rolling 1024/256, {n} sims per batch, "
           f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous, paced)")
-    print(f"{'runtime':52} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'waits':>6} {'vs bare':>8}")
-    nan = float("nan")
-    rows = [
-        (f"bare loop (first {bare_first:.1f}, last {bare_last:.1f})", bare, nan, nan),
-        ("inline", inline, inline * n, nan),
-        ("ray, continuous (steps_per_batch=null)", *continuous),
-        ("ray, paced (steps_per_batch=8)", *paced_8),
-        ("ray, paced (steps_per_batch=16)", *paced_16),
-        ("ray, lock-step (steps_per_batch=1)", *lockstep),
-    ]
-    for label, steps, sims, waits in rows:
-        print(f"{label:52} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {waits:6.2f} {steps / bare:8.2f}")
+    print(f"bare loop, in order: {', '.join(f'{b:.1f}' for b in bares)} steps/s")
+    print(f"{'runtime':40} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'waits':>6} {'bare around':>11} {'vs bare':>8}")
+    for label, steps, sims, waits, bare in rows:
+        print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {waits:6.2f} {bare:11.1f} {steps / bare:8.2f}")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
     print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 

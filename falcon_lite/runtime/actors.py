@@ -256,10 +256,11 @@ class Trainer:
             self.recorder.add(row, state.step)
         if state.step % state.config.training.checkpoint_every == 0:
             self.checkpoint()
-        # Continuous training steers the next batches from the weights of the moment a batch
-        # arrives (that is when the supervisor proposes more), not after every step.
-        continuous = state.config.runtime.steps_per_batch is None
-        self.published = self._snapshot(steer=not continuous or self.fresh or row is not None)
+        # The next batches are steered from the weights of the step after a batch arrived
+        # (that is when the supervisor proposes more; in lock-step, every step), or of the
+        # newest diagnostics (which computed the posterior at x_obs anyway), not after every
+        # step: in paced and continuous modes a forward pass per step saved.
+        self.published = self._snapshot(steer=self.fresh or row is not None)
         self.fresh = False
 
     def pid(self) -> int:
