@@ -9,6 +9,7 @@ FALCON_LITE_REQUIRE_BROWSER=1.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -127,6 +128,8 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
     assert chart_lengths[3] > 0  # the stack's top layer = all live samples
     assert browser.execute_script(COLOUR_PIXELS, "#chart-std-ratio", 0x22, 0x77, 0xAA) > 20
     assert browser.execute_script(COLOUR_PIXELS, "#chart-bias", 0xCC, 0x55, 0x22) > 20
+    # a Ray run's rows carry the trainer's waiting share, shown beside the step
+    assert re.fullmatch(r"step \d+ · trainer waits \d+ %", browser.find_element(By.ID, "detail-step").text)
 
     click(browser, f"run-stop-{run_id}")
     wait(browser, lambda d: d.find_element(By.ID, f"run-row-{run_id}").get_attribute("data-status") == "stopped",

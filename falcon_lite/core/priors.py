@@ -10,7 +10,6 @@ Randomness only from the ``np.random.Generator`` passed in. Torch is imported by
 from __future__ import annotations
 
 import math
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -222,7 +222,10 @@ function onDiagnostics(payload) {
       `tombstone ${tomb.prior + tomb.proposal}, purged ${b.purged}, total ever ${b.total}`;
   }
   thin(s);
-  $("#detail-step").textContent = `step ${s.steps[s.steps.length - 1]}`;
+  // Ray runs: how much of its time the trainer spent waiting for simulations (these rows).
+  const waits = payload.rows.map((row) => row.wait_share).filter((v) => typeof v === "number");
+  const waiting = waits.length ? ` · trainer waits ${(100 * waits.reduce((a, b) => a + b, 0) / waits.length).toFixed(0)} %` : "";
+  $("#detail-step").textContent = `step ${s.steps[s.steps.length - 1]}${waiting}`;
   drawCharts();
 }
 
