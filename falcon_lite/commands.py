@@ -46,10 +46,13 @@ def load_config(path: str | None) -> RunConfig:
 def _summary(config: RunConfig, row: dict | None, status: str) -> str:
     if not row:
         return f"run {config.name!r}: {status}, no diagnostics recorded"
-    return (
+    text = (
         f"run {config.name!r}: {status} at step {row['step'] + 1}/{config.training.steps}; "
         f"std_ratio {row['std_ratio']:.4g}, |bias|/sigma {row['abs_bias_over_sigma']:.4g}, loss {row['loss']:.4g}"
     )
+    if row.get("mean_wait_share") is not None:  # a Ray run
+        text += f"; the trainer waited {100 * row['mean_wait_share']:.0f} % of its time for simulations"
+    return text
 
 
 def cmd_run(args: argparse.Namespace) -> int:

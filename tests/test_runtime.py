@@ -274,3 +274,22 @@ print(sorted(m for m in sys.modules if m.partition(".")[0] == "torch")[:3])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_cli_run_on_ray(ray_address, tmp_path):
+    """`falcon-lite run CONFIG --ray` drives a run to its end through RunControl on the
+    cluster at RAY_ADDRESS and prints the summary, with how long the trainer waited."""
+    import re
+    import subprocess
+    import sys
+
+    path = tmp_path / "run.json"
+    path.write_text(config(30).model_dump_json())
+    out = subprocess.run(
+        [sys.executable, "-m", "falcon_lite.cli", "run", str(path), "--ray", "--quiet",
+         "--database-url", f"sqlite:///{tmp_path}/cli.db"],
+        env={**os.environ, "RAY_ADDRESS": ray_address}, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "completed at step 30/30" in out.stdout, out.stdout
+    assert re.search(r"the trainer waited \d+ % of its time for simulations", out.stdout), out.stdout

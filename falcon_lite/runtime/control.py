@@ -195,7 +195,9 @@ class RunControl:
             time.sleep(poll)
 
     def run_to_end(self, run_id: int, progress: bool = True) -> tuple[str, dict | None]:
-        """Start a run and follow it to its end with a progress bar (the CLI's `run --ray`)."""
+        """Start a run and follow it to its end with a progress bar (the CLI's `run --ray`);
+        returns its status and its last metrics row, with `mean_wait_share`: the share of its
+        time the trainer waited for simulations, over the run."""
         from tqdm import tqdm
 
         self.start(run_id)
@@ -209,8 +211,11 @@ class RunControl:
                 bar.update(runs.get_run(session, run_id).step - bar.n)
         bar.close()
         with self.sessions.begin() as session:
-            rows = runs.metrics_since(session, run_id, since_step=total - 2)
-        return status, rows[-1] if rows else None
+            rows = runs.metrics_since(session, run_id, limit=None)
+        if not rows:
+            return status, None
+        shares = [r["wait_share"] for r in rows if r.get("wait_share") is not None]
+        return status, {**rows[-1], "mean_wait_share": sum(shares) / len(shares) if shares else None}
 
     def close(self) -> None:
         self.engine.dispose()
