@@ -1,7 +1,7 @@
 """How fast a run starts on Ray, and what its processes hold in memory.
 
-On a local Ray instance (2 CPUs) and a SQLite file, for a small run (the seed's 1-D
-scenario, MLP 16x16, 32 simulations per step): the time `RunControl.create` takes to
+On a local Ray instance (2 CPUs) and a SQLite file (or a throwaway PostgreSQL database),
+for a small run (the seed's 1-D scenario, MLP 16x16, 32 simulations per step): the time `RunControl.create` takes to
 return (it waits for the run's supervisor to start), the time until the run's first
 optimizer step is in the database, and the resident memory of the run's actor processes
 once it trains. Baseline, in the same Ray instance just before: a bare actor's start (a
@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
+import uuid
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 import ray
+import sqlalchemy as sa
 
 from falcon_lite.config import RunConfig, with_overrides
 from falcon_lite.runtime.control import RunControl
@@ -29,7 +32,7 @@ from falcon_lite.settings import Settings
 from falcon_lite.store import runs
 from falcon_lite.store.db import migrate
 
-PG_URL = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_ADMIN = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 SMALL = {
     "training.steps": 100,
     "training.warmup_steps": 20,
@@ -71,11 +74,17 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="flr-startup-", dir="/tmp")
-    url = f"sqlite:///{tmp}/startup.db" if args.database == "sqlite" else PG_URL
-    migrate(url)
+    url, admin, name = f"sqlite:///{tmp}/startup.db", None, None
+    if args.database == "postgres":  # a throwaway database, dropped at the end
+        name = f"flr_bench_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     load_before = os.getloadavg()[0]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="falcon-lite", _temp_dir=tmp)
     try:
+        migrate(url)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="falcon-lite", _temp_dir=tmp)
         control = RunControl(Settings(), database_url=url)
         config = with_overrides(RunConfig(), SMALL)
         bare, created, first, rss = [], [], [], []
@@ -99,6 +108,11 @@ def main() -> None:
         control.close()
     finally:
         ray.shutdown()
+        if admin is not None:
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(bare)
     print(f"bench/startup.py: {args.runs} runs, {args.database}, local Ray (2 CPUs); seconds, medians")
     print(f"{'bare actor start (baseline)':34} {base:6.2f}")

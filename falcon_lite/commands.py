@@ -46,9 +46,14 @@ def load_config(path: str | None) -> RunConfig:
 def _summary(config: RunConfig, row: dict | None, status: str) -> str:
     if not row:
         return f"run {config.name!r}: {status}, no diagnostics recorded"
+
+    def value(name: str) -> str:  # a non-finite value comes back from the database as null
+        v = row.get(name)
+        return "n/a" if v is None else f"{v:.4g}"
+
     text = (
         f"run {config.name!r}: {status} at step {row['step'] + 1}/{config.training.steps}; "
-        f"std_ratio {row['std_ratio']:.4g}, |bias|/sigma {row['abs_bias_over_sigma']:.4g}, loss {row['loss']:.4g}"
+        f"std_ratio {value('std_ratio')}, |bias|/sigma {value('abs_bias_over_sigma')}, loss {value('loss')}"
     )
     if row.get("mean_wait_share") is not None:  # a Ray run
         text += f"; the trainer waited {100 * row['mean_wait_share']:.0f} % of its time for simulations"

@@ -293,3 +293,13 @@ def test_cli_run_on_ray(ray_address, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "completed at step 30/30" in out.stdout, out.stdout
     assert re.search(r"the trainer waited \d+ % of its time for simulations", out.stdout), out.stdout
+
+
+def test_cli_summary_of_a_run_with_null_values():
+    """A failed run's last row may hold nulls (non-finite values): the summary says n/a."""
+    from falcon_lite.commands import _summary
+
+    row = {"step": 4, "std_ratio": None, "abs_bias_over_sigma": 2.0, "loss": None, "mean_wait_share": 0.25}
+    text = _summary(config(10), row, "failed")
+    assert "failed at step 5/10; std_ratio n/a, |bias|/sigma 2, loss n/a" in text
+    assert text.endswith("the trainer waited 25 % of its time for simulations")

@@ -201,6 +201,13 @@ def test_metrics_roundtrip_non_finite_and_replace(engine):
             {"step": 2, "loss": None}, {"step": 3, "loss": 0.125}
         ]
         assert runs.metrics_since(s, run_id, limit=1) == rows[:1]
+        # the newest row and a mean computed by the database (nulls and absent keys left out)
+        assert runs.run_summary(s, run_id, mean_of="std_ratio") == ({"step": 3, "loss": 0.125}, 1.0)
+        assert runs.run_summary(s, run_id, mean_of="bias_over_sigma")[1] == pytest.approx(-0.95)
+        assert runs.run_summary(s, run_id, mean_of="absent")[1] is None
+    empty = new_run(engine)
+    with factory.begin() as s:
+        assert runs.run_summary(s, empty, mean_of="loss") == (None, None)
 
 
 def test_checkpoints_keep_the_newest(engine):

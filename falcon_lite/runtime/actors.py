@@ -82,6 +82,8 @@ class SimulatorActor:
 
     def simulate(self, proposed: loop.Proposed) -> tuple[np.ndarray, str]:
         self.calls += 1
+        if self.calls == 2:  # a simulator that imports torch on its first call: one thread too
+            _one_thread(load=False)
         node = ray.get_runtime_context().get_node_id()
         try:
             if self.fail_every and self.calls % self.fail_every == 0:
@@ -256,11 +258,12 @@ class Trainer:
             self.recorder.add(row, state.step)
         if state.step % state.config.training.checkpoint_every == 0:
             self.checkpoint()
-        # The next batches are steered from the weights of the step after a batch arrived
-        # (that is when the supervisor proposes more; in lock-step, every step), or of the
-        # newest diagnostics (which computed the posterior at x_obs anyway), not after every
-        # step: in paced and continuous modes a forward pass per step saved.
-        self.published = self._snapshot(steer=self.fresh or row is not None)
+        # Lock-step and paced training steer the next batches from the newest weights (the
+        # supervisor proposes more whenever the trainer takes a batch, which may be after any
+        # step); continuous training from those of the moment a batch arrives, or of the
+        # newest diagnostics (which computed the posterior at x_obs anyway).
+        continuous = state.config.runtime.steps_per_batch is None
+        self.published = self._snapshot(steer=not continuous or self.fresh or row is not None)
         self.fresh = False
 
     def pid(self) -> int:
@@ -339,12 +342,14 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
             self._set_status("failed", reason=f"{type(exc).__name__}: {exc}")
         finally:
-            for child in self.children:
-                ray.kill(child)
-            # The run's status is written: a detached actor would otherwise outlive its run
-            # (a process per run ever started, until the cluster ends).
-            self.engine.dispose()
-            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            try:
+                for child in self.children:
+                    ray.kill(child)
+                self.engine.dispose()
+            finally:
+                # The run's status is written: a detached actor would otherwise outlive its run
+                # (a process per run ever started, until the cluster ends).
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     def _spawn(self) -> None:
         cfg = self.config.model_dump(mode="json")

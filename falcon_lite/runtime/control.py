@@ -211,11 +211,8 @@ class RunControl:
                 bar.update(runs.get_run(session, run_id).step - bar.n)
         bar.close()
         with self.sessions.begin() as session:
-            rows = runs.metrics_since(session, run_id, limit=None)
-        if not rows:
-            return status, None
-        shares = [r["wait_share"] for r in rows if r.get("wait_share") is not None]
-        return status, {**rows[-1], "mean_wait_share": sum(shares) / len(shares) if shares else None}
+            row, mean_wait = runs.run_summary(session, run_id, mean_of="wait_share")
+        return status, None if row is None else {**row, "mean_wait_share": mean_wait}
 
     def close(self) -> None:
         self.engine.dispose()

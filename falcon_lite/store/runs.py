@@ -182,6 +182,19 @@ def metrics_since(
     return out
 
 
+def run_summary(session: Session, run_id: int, mean_of: str) -> tuple[dict[str, Any] | None, float | None]:
+    """The run's newest metrics row (None without one) and the mean of metric `mean_of` over all
+    its rows (None where no row has it), both computed by the database."""
+    get_run(session, run_id)
+    newest = session.execute(
+        select(Metric.step, Metric.values).where(Metric.run_id == run_id).order_by(Metric.step.desc()).limit(1)
+    ).first()
+    mean = session.execute(
+        select(func.avg(Metric.values[mean_of].as_float())).where(Metric.run_id == run_id)
+    ).scalar()
+    return (None if newest is None else {"step": newest[0], **newest[1]}), (None if mean is None else float(mean))
+
+
 # The polled reads are built once: building and cache-keying a select() costs more than
 # running it on SQLite.
 _BUFFER_COUNTS = (

@@ -9,6 +9,7 @@ const ORIGINS = ["prior", "proposal"];
 const LAYERS = STATUSES.flatMap((s) => ORIGINS.map((o) => [s, o]));
 const LAYER_COLORS = ["#9ecae1", "#3182bd", "#a1d99b", "#31a354", "#fdae6b", "#e6550d"];
 const MAX_POINTS = 4000;
+const WAIT_ROWS = 200; // the trainer's waiting share is averaged over this many newest rows
 
 // State the browser test reads: the selected run and the data each chart holds.
 const dash = (window.falconDashboard = {
@@ -21,7 +22,7 @@ const dash = (window.falconDashboard = {
 
 function emptySeries() {
   return {
-    steps: [], std_ratio: [], bias: [],
+    steps: [], std_ratio: [], bias: [], waits: [],
     bufferSteps: [], buffer: Object.fromEntries(LAYERS.map(([s, o]) => [`${s}/${o}`, []])),
   };
 }
@@ -222,9 +223,12 @@ function onDiagnostics(payload) {
       `tombstone ${tomb.prior + tomb.proposal}, purged ${b.purged}, total ever ${b.total}`;
   }
   thin(s);
-  // Ray runs: how much of its time the trainer spent waiting for simulations (these rows).
-  const waits = payload.rows.map((row) => row.wait_share).filter((v) => typeof v === "number");
-  const waiting = waits.length ? ` · trainer waits ${(100 * waits.reduce((a, b) => a + b, 0) / waits.length).toFixed(0)} %` : "";
+  // Ray runs: how much of its time the trainer spent waiting for simulations, over the
+  // newest rows received.
+  for (const row of payload.rows) if (typeof row.wait_share === "number") s.waits.push(row.wait_share);
+  s.waits = s.waits.slice(-WAIT_ROWS);
+  const waiting = s.waits.length
+    ? ` · trainer waits ${(100 * s.waits.reduce((a, b) => a + b, 0) / s.waits.length).toFixed(0)} %` : "";
   $("#detail-step").textContent = `step ${s.steps[s.steps.length - 1]}${waiting}`;
   drawCharts();
 }
