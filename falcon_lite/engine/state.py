@@ -1,9 +1,8 @@
 """One run's mutable state and how it is checkpointed.
 
-Random numbers are counter-based: every draw of step s comes from a generator seeded by
-(seed, stream, s). A run therefore needs no RNG state beyond its seed and step to resume
-exactly, simulators can run anywhere in any order, and runs of different policies with the
-same seed share their prior, proposal and noise draws wherever the policies allow it.
+Random numbers come from counter-based streams (engine/streams.py), so the state holds no
+RNG state beyond its seed and step; runs of different policies with the same seed share
+their prior, proposal and noise draws wherever the policies allow it.
 """
 
 from __future__ import annotations

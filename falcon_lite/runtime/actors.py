@@ -75,15 +75,13 @@ class SimulatorActor:
 
         self.config = RunConfig.model_validate(config)
         self.simulator = make_simulator(self.config.simulator)
-        _one_thread(load=False)
         self.fail_every = self.config.runtime.simulator_fail_every
         self.calls = 0
         self.index = index
 
     def simulate(self, proposed: loop.Proposed) -> tuple[np.ndarray, str]:
         self.calls += 1
-        if self.calls == 2:  # a simulator that imports torch on its first call: one thread too
-            _one_thread(load=False)
+        _one_thread(load=False)  # a registered simulator may have loaded torch (microseconds)
         node = ray.get_runtime_context().get_node_id()
         try:
             if self.fail_every and self.calls % self.fail_every == 0:
