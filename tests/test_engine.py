@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -141,6 +143,54 @@ def test_stop_and_resume_continue_exactly(sqlite_url):
     engine.dispose()
     assert [r["step"] for r in resumed] == list(range(60))
     assert resumed == straight
+
+
+_KILLED_MID_RUN = """
+import sys
+from falcon_lite.engine import inline
+from falcon_lite.store.db import make_engine
+
+inline.GROUP_COMMIT_S = 3600.0  # only checkpoints, purges and metric flushes commit: deterministic
+
+
+def on_step(step, row):
+    if step == 151:  # step 150's purge committed everything up to it; step 151's batch is held
+        print("holding", flush=True)
+        sys.stdin.read()  # killed here
+
+
+inline.run_inline(make_engine(sys.argv[1]), int(sys.argv[2]), on_step=on_step)
+"""
+
+
+def test_a_run_killed_mid_group_resumes_without_losing_or_repeating_a_batch(sqlite_url):
+    """kill -9 while the inline runtime holds uncommitted batches: the committed ones stay,
+    the held one is simply not there, and the resumed run simulates every later step once."""
+    config = small(**{"training.steps": 200, "training.checkpoint_every": 50})
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, config).id
+    child = subprocess.Popen([sys.executable, "-c", _KILLED_MID_RUN, sqlite_url, str(run_id)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "holding"
+    finally:
+        child.kill()
+        child.wait()
+    with session_factory(engine).begin() as s:
+        assert runs.last_sample_step(s, run_id) == 150  # step 151's batch was never committed
+        assert runs.latest_checkpoint(s, run_id)[0] == 150
+    run_inline(engine, run_id)  # resumes from the checkpoint; the database is not left locked
+    with session_factory(engine).begin() as s:
+        run = runs.get_run(s, run_id)
+        last = runs.last_sample_step(s, run_id)
+        rows = runs.metrics_since(s, run_id, limit=None)
+    assert (run.status, run.step) == ("completed", 200)
+    # every stored batch is whole and stored once: the batches are steps 0..last, 32 rows each
+    assert run.appended == run.next_seq == (last + 1) * 32
+    assert SampleStore(engine, run_id, sizes_of(new_state(config)), 1).composition().total == run.appended
+    assert [r["step"] for r in rows] == list(range(200))
+    engine.dispose()
 
 
 def test_checkpoint_round_trip_restores_the_estimate():

@@ -11,6 +11,9 @@ apply / draw, each example on a fresh run. After every step:
 - quota: a change that evicted a prior sample leaves the pool's prior count >= ceil(f*n);
 - mirrors equal the database's live rows after sync (and after apply);
 - every batch holds ceil(f*B) prior samples (or all the pool has), without duplicates.
+
+The machine runs once with every change committed alone and once with group commit (each
+change in a savepoint of a held transaction, committed when the checks read the database).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
@@ -51,13 +55,13 @@ def sizes_strategy(draw) -> Sizes:
     )
 
 
-def make_machine(engine):
+def make_machine(engine, group_commit_s: float = 0.0):
     class BufferMachine(RuleBasedStateMachine):
         @initialize(sizes=sizes_strategy(), initial=st.integers(0, 24), prior_share=st.sampled_from((0.2, 0.5)))
         def start(self, sizes: Sizes, initial: int, prior_share: float) -> None:
             with session_factory(engine).begin() as s:
                 self.run_id = runs.create_run(s, RunConfig(name="prop")).id
-            self.store = SampleStore(engine, self.run_id, sizes, 2)
+            self.store = SampleStore(engine, self.run_id, sizes, 2, group_commit_s=group_commit_s)
             self.rng = np.random.default_rng(0)
             self.accepted = 0
             self.rejected = 0
@@ -138,6 +142,7 @@ def make_machine(engine):
         # -- checks ------------------------------------------------------------------------
 
         def snapshot(self) -> dict[int, tuple[int, int]]:
+            self.store.commit()
             with engine.connect() as conn:
                 rows = conn.execute(
                     select(Sample.seq, Sample.status, Sample.origin, Sample.theta).where(Sample.run_id == self.run_id)
@@ -171,6 +176,7 @@ def make_machine(engine):
         def conservation(self) -> None:
             if not hasattr(self, "store"):
                 return
+            self.store.commit()
             with engine.connect() as conn:
                 counts = {(s, o): n for s, o, n in conn.execute(
                     select(StatusCount.status, StatusCount.origin, StatusCount.n)
@@ -203,5 +209,6 @@ def make_machine(engine):
     return BufferMachine
 
 
-def test_buffer_invariants_hold_under_random_operations(engine) -> None:
-    run_state_machine_as_test(make_machine(engine), settings=SETTINGS)
+@pytest.mark.parametrize("group_commit_s", [0.0, 3600.0], ids=["commit-each", "group-commit"])
+def test_buffer_invariants_hold_under_random_operations(engine, group_commit_s) -> None:
+    run_state_machine_as_test(make_machine(engine, group_commit_s), settings=SETTINGS)

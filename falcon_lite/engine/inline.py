@@ -22,18 +22,26 @@ if TYPE_CHECKING:
     from falcon_lite.engine.state import RunState
 
 PURGE_EVERY = 50
+# The inline runtime commits its appends in groups (SampleStore's group commit): a crash
+# loses at most this many seconds of simulations, which a resume simulates again (the
+# streams are a function of seed and step), and no metrics row or checkpoint ever refers
+# to a sample that is not committed (they commit the group first).
+GROUP_COMMIT_S = 0.1
 
 
 class Recorder:
     """Buffers metric rows and writes them, with the run's step, in one transaction.
 
     A flush happens at checkpoints, when `max_seconds` have passed since the last one (how
-    stale a live watcher's view may get) or at `max_rows` rows, whichever comes first.
+    stale a live watcher's view may get) or at `max_rows` rows, whichever comes first. A
+    flush first commits `store`'s held group, if given: what it records is then durable.
     """
 
-    def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 1000, max_seconds: float = 1.0):
+    def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 1000, max_seconds: float = 1.0,
+                 store: SampleStore | None = None):
         self.sessions = session_factory(engine)
         self.run_id = run_id
+        self.store = store
         self.rows: list[dict] = []
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self.last_flush = time.monotonic()
@@ -47,6 +55,8 @@ class Recorder:
             self.flush(step)
 
     def flush(self, step: int, checkpoint: bytes | None = None) -> None:
+        if self.store is not None:
+            self.store.commit()
         rows, self.rows = self.rows, []
         with self.sessions.begin() as session:
             if rows:
@@ -118,9 +128,10 @@ def run_inline(
     sessions = session_factory(engine)
     with sessions.begin() as session:
         runs.set_status(session, run_id, "running")
-    store = SampleStore(engine, run_id, sizes_of(state), state.simulator.dim, cfg.estimator.dtype)
+    store = SampleStore(engine, run_id, sizes_of(state), state.simulator.dim, cfg.estimator.dtype,
+                        group_commit_s=GROUP_COMMIT_S)
     mirror = store.mirror(f"inline-{run_id}")
-    recorder = Recorder(engine, run_id)
+    recorder = Recorder(engine, run_id, store=store)
     try:
         mirror.sync()
         status = "completed"
@@ -141,8 +152,13 @@ def run_inline(
         with sessions.begin() as session:
             runs.set_status(session, run_id, status)
     except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        try:
+            store.commit()  # what was stored stays (a change that failed was undone alone)
+        except Exception as lost:
+            reason += f" (and the simulations since the last commit were lost: {type(lost).__name__}: {lost})"
         with sessions.begin() as session:
-            runs.set_status(session, run_id, "failed", reason=f"{type(exc).__name__}: {exc}")
+            runs.set_status(session, run_id, "failed", reason=reason)
         raise
     finally:
         mirror.close()

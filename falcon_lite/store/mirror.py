@@ -8,7 +8,9 @@ made in this process from its `AppendResult` without any query. The mirror is a
 registered reader (table ``readers``): `purge` keeps every TOMBSTONE row it has not
 seen. Its recorded version (never ahead of what it holds) is written at registration, by
 `heartbeat`, and by `sync` and `apply` at most every ``heartbeat_s`` seconds, so most
-syncs are read-only transactions (one snapshot, no commit flush).
+syncs are read-only transactions (one snapshot, no commit flush). Before touching the
+database a mirror commits its store's held group (`SampleStore.commit`); if a group's
+commit failed, the mirror is `stale` and its next sync reloads in full.
 
 `draw` makes a training batch from the trainable pool (TRAINING + DISFAVOURED): the
 whole pool, shuffled, when it holds at most `batch_size` rows; otherwise
@@ -61,8 +63,10 @@ class Mirror:
         self.name = str(name)
         self.version = -1
         self.closed = False
+        self.stale = False  # holds changes that were lost (a failed group commit): reload in full
         self.heartbeat_s = heartbeat_s
         self._written = -math.inf
+        store.commit()
         with store.writer.begin() as conn:
             version = self._lock_run(conn)
             self._load_all(conn, version)
@@ -78,6 +82,7 @@ class Mirror:
         (the reader's recorded version and liveness) and when the reader was dropped.
         """
         self._check_open()
+        self.store.commit()
         due = time.monotonic() - self._written >= self.heartbeat_s
         n = self._sync(write=due)
         if n is None:  # dropped by purge (stale heartbeat): reload in full under the write lock
@@ -111,7 +116,9 @@ class Mirror:
                 self._register(conn)
                 return n
             n = 0
-            if version > self.version:
+            if self.stale:
+                n = self._load_all(conn, version)
+            elif version > self.version:
                 # no ORDER BY: SQLite would walk the primary key (the whole run) to avoid a sort
                 rows = conn.execute(
                     select(*_COLUMNS).where(SAMPLES.c.run_id == self.store.run_id, SAMPLES.c.version > self.version)
@@ -133,7 +140,7 @@ class Mirror:
         Falls back to `sync` unless `result.version` is exactly the next version.
         """
         self._check_open()
-        if result.version != self.version + 1:
+        if self.stale or result.version != self.version + 1:
             self.sync()
             return
         c = result.checked_for(theta, x, origin, log_q, log_prior)
@@ -175,6 +182,7 @@ class Mirror:
     def heartbeat(self) -> None:
         """Record this mirror's version and liveness (so purge may free what it has seen)."""
         self._check_open()
+        self.store.commit()
         with self.store.writer.begin() as conn:
             self._write_version(conn)
 
@@ -182,6 +190,7 @@ class Mirror:
         """Unregister the reader; the mirror cannot be used afterwards."""
         if self.closed:
             return
+        self.store.commit()
         with self.store.writer.begin() as conn:
             conn.execute(delete(READERS).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name))
         self.closed = True
@@ -280,6 +289,7 @@ class Mirror:
         (self.seq, self.status, self.origin, self.theta, self.x, self.log_q,
          self.log_prior) = self._decode(rows)
         self.version = version
+        self.stale = False
         self._reindex()
         return len(rows)
 

@@ -17,6 +17,15 @@ each change gets the next run ``version``. A change:
    the transaction's DBAPI cursor (precomputed tuples: no per-statement SQLAlchemy work on
    the hot path; driver errors still surface as SQLAlchemy's).
 
+Group commit (``group_commit_s > 0``, the inline runtime's choice): a change's transaction
+stays open, and later changes join it, until ``group_commit_s`` seconds have passed since
+it began (checked after each change) or `commit` is called; each change runs under its own
+savepoint, so one that fails is undone alone and the group goes on. What the store
+returned is then durable only after the commit: a crash loses the uncommitted changes
+(never a committed one). The group holds the run's write lock (on SQLite, the database's)
+while it is open, so everything else this process writes first calls `commit`: the
+store's `purge`, its mirrors, and the inline runtime's metrics and checkpoints.
+
 Rows whose theta or x hold NaN/inf (or whose log_q/log_prior is NaN) are not stored;
 they are counted in ``runs.rejected``. Readers (`falcon_lite.store.mirror.Mirror`)
 load only rows whose ``version`` is newer than theirs.
@@ -25,6 +34,7 @@ load only rows whose ``version`` is newer than theirs.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Iterator
@@ -167,9 +177,12 @@ class SampleStore:
     """One run's sample buffer in the database (see the module doc).
 
     `sizes` may be replaced (``store.sizes = Sizes(...)``); call `rotate` afterwards.
+    With ``group_commit_s > 0`` changes are committed in groups (see the module doc): call
+    `commit` (or `close`) when done.
     """
 
-    def __init__(self, engine: Engine, run_id: int, sizes: Sizes, dim: int, dtype: str = "float64") -> None:
+    def __init__(self, engine: Engine, run_id: int, sizes: Sizes, dim: int, dtype: str = "float64",
+                 *, group_commit_s: float = 0.0) -> None:
         if not isinstance(sizes, Sizes):
             raise TypeError(f"sizes must be a falcon_lite.core.policy.Sizes, got {type(sizes).__name__}")
         if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
@@ -177,8 +190,11 @@ class SampleStore:
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype must be a float dtype, got {dtype!r}")
+        if not (isinstance(group_commit_s, (int, float)) and 0 <= group_commit_s < float("inf")):
+            raise ValueError(f"group_commit_s must be a finite number >= 0, got {group_commit_s!r}")
         check_schema(engine)
         self.engine = engine
+        self.group_commit_s = float(group_commit_s)
         self.writer = writer(engine)
         self.run_id = int(run_id)
         self.sizes = sizes
@@ -191,6 +207,7 @@ class SampleStore:
         self._write_lock = threading.RLock()
         self._window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._pending_window: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._held: tuple[Connection, Any, float] | None = None  # (connection, transaction, began)
         with engine.connect() as conn:
             if conn.execute(select(RUNS.c.id).where(RUNS.c.id == self.run_id)).first() is None:
                 raise NotFoundError(f"run {run_id} not found")
@@ -251,8 +268,9 @@ class SampleStore:
         heartbeat is older than `reader_timeout_s` are then dropped (a dropped mirror
         reloads in full on its next sync). With no readers left, every TOMBSTONE row goes.
         """
+        self.commit()
         with self.writer.begin() as conn:
-            self._lock(conn, bump=False)
+            _, version = self._lock(conn, bump=False)
             for mirror in list(self._mirrors):  # this process's mirrors: record what they hold
                 if not mirror.closed:
                     conn.execute(
@@ -265,20 +283,30 @@ class SampleStore:
             floor = conn.execute(
                 select(func.min(READERS.c.version)).where(READERS.c.run_id == self.run_id)
             ).scalar_one_or_none()
-            where = [SAMPLES.c.run_id == self.run_id, SAMPLES.c.status == TOMBSTONE]
-            if floor is not None:
-                where.append(SAMPLES.c.version <= floor)
-            # one pass: the deleted rows' origins come back to be counted
-            if self.postgres:
-                gone = conn.execute(delete(SAMPLES).where(*where).returning(SAMPLES.c.origin)).scalars().all()
-            else:  # thousands of rows: skip SQLAlchemy's per-row result processing
-                bound = "" if floor is None else " AND version <= ?"
-                params = (self.run_id, TOMBSTONE) if floor is None else (self.run_id, TOMBSTONE, floor)
-                with _driver_cursor(conn) as cursor:
-                    gone = [o for (o,) in cursor.execute(_SQLITE_PURGE.format(bound), params)]
-            n = len(gone)
+            if floor is None or floor >= version:
+                # every reader has seen every change: all TOMBSTONE rows go, and their origins
+                # are already counted in status_counts (no rows come back)
+                tombstones = dict(conn.execute(
+                    select(COUNTS.c.origin, COUNTS.c.n).where(COUNTS.c.run_id == self.run_id,
+                                                              COUNTS.c.status == TOMBSTONE)
+                ).all())
+                n = conn.execute(
+                    delete(SAMPLES).where(SAMPLES.c.run_id == self.run_id, SAMPLES.c.status == TOMBSTONE)
+                ).rowcount
+                by_origin = [int(tombstones.get(o, 0)) for o in range(2)]
+                if n != sum(by_origin):
+                    raise ConflictError(f"run {self.run_id}: {n} TOMBSTONE rows deleted, "
+                                        f"status_counts says {sum(by_origin)}")
+            else:  # one pass: the deleted rows' origins come back to be counted
+                where = [SAMPLES.c.run_id == self.run_id, SAMPLES.c.status == TOMBSTONE, SAMPLES.c.version <= floor]
+                if self.postgres:
+                    gone = conn.execute(delete(SAMPLES).where(*where).returning(SAMPLES.c.origin)).scalars().all()
+                else:  # thousands of rows: skip SQLAlchemy's per-row result processing
+                    with _driver_cursor(conn) as cursor:
+                        gone = [o for (o,) in cursor.execute(_SQLITE_PURGE, (self.run_id, TOMBSTONE, floor))]
+                n = len(gone)
+                by_origin = np.bincount(np.fromiter(gone, np.int64, n), minlength=2).tolist()
             if n:
-                by_origin = np.bincount(np.fromiter(gone, np.int64, n), minlength=2)
                 self._add_counts(conn, Counter({(TOMBSTONE, o): -int(c) for o, c in enumerate(by_origin) if c}))
                 conn.execute(update(RUNS).where(RUNS.c.id == self.run_id).values(purged=RUNS.c.purged + n))
         return n
@@ -287,6 +315,7 @@ class SampleStore:
 
     def composition(self) -> Composition:
         """Counts by (status, origin), purged, rejected and the pool's prior share."""
+        self.commit()
         conn = self.engine.connect()
         if self.postgres:  # one snapshot for both reads
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -386,16 +415,83 @@ class SampleStore:
 
     @contextmanager
     def _change(self) -> Iterator[Connection]:
-        """A write transaction; the live window it computes is cached only once it commits."""
+        """A write transaction, or a savepoint in the held group; the live window it computes
+        is cached only once the change succeeded."""
         with self._write_lock:
             self._pending_window = None
+            if self.group_commit_s <= 0:
+                try:
+                    with self.writer.begin() as conn:
+                        yield conn
+                except BaseException:
+                    self._window = None
+                    raise
+                self._window = self._pending_window
+                return
+            conn = self._hold()
+            _driver_sql(conn, "SAVEPOINT change")
             try:
-                with self.writer.begin() as conn:
-                    yield conn
+                yield conn
             except BaseException:
                 self._window = None
+                try:
+                    _driver_sql(conn, "ROLLBACK TO SAVEPOINT change")
+                    _driver_sql(conn, "RELEASE SAVEPOINT change")
+                except BaseException:
+                    self._drop_group()
                 raise
+            _driver_sql(conn, "RELEASE SAVEPOINT change")
             self._window = self._pending_window
+            if time.monotonic() - self._held[2] >= self.group_commit_s:
+                self.commit()
+
+    def _hold(self) -> Connection:
+        """The group's connection, in its open transaction (begun now if none is held)."""
+        if self._held is None:
+            conn = self.writer.connect()
+            try:
+                transaction = conn.begin()
+            except BaseException:
+                conn.close()
+                raise
+            self._held = (conn, transaction, time.monotonic())
+        return self._held[0]
+
+    def commit(self) -> None:
+        """Commit the held group of changes, if any (see the module doc). If the commit
+        fails, the group's changes are lost: the error is raised and this store's mirrors
+        reload in full on their next sync."""
+        with self._write_lock:
+            if self._held is None:
+                return
+            conn, transaction, _ = self._held
+            self._held = None
+            try:
+                transaction.commit()
+            except BaseException:
+                self._lost()
+                raise
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        """Commit what is held (the store stays usable)."""
+        self.commit()
+
+    def _drop_group(self) -> None:
+        """Roll the held group back (a savepoint could not be undone)."""
+        conn, transaction, _ = self._held
+        self._held = None
+        try:
+            transaction.rollback()
+        finally:
+            conn.close()
+            self._lost()
+
+    def _lost(self) -> None:
+        self._window = None
+        for mirror in list(self._mirrors):
+            mirror.stale = True
 
     def _write_pg(self, conn: Connection, version: int, moves, new_rows, delta: Counter) -> None:
         """Moves, new rows and counts in ONE statement (data-modifying CTEs over unnest arrays).
@@ -507,6 +603,12 @@ def _driver_cursor(conn: Connection) -> Iterator[Any]:
         cursor.close()
 
 
+def _driver_sql(conn: Connection, statement: str) -> None:
+    """One parameterless statement in `conn`'s transaction, on the driver's cursor."""
+    with _driver_cursor(conn) as cursor:
+        cursor.execute(statement)
+
+
 _LOCK_NAMES = ("next", "appended", "rejected", "bump", "updated", "run_id")
 _LOCK_SET = (
     "UPDATE runs SET next_seq = next_seq + {0}, appended = appended + {1}, rejected = rejected + {2}, "
@@ -516,7 +618,7 @@ _SQLITE_LOCK = _LOCK_SET.format(*"??????")
 _PG_LOCK = text(_LOCK_SET.format(*(f":{n}" for n in _LOCK_NAMES))).bindparams(
     bindparam("updated", type_=RUNS.c.updated.type)
 )
-_SQLITE_PURGE = "DELETE FROM samples WHERE run_id = ? AND status = ?{} RETURNING origin"
+_SQLITE_PURGE = "DELETE FROM samples WHERE run_id = ? AND status = ? AND version <= ? RETURNING origin"
 _SQLITE_MOVE = "UPDATE samples SET status = ?, version = ? WHERE run_id = ? AND seq BETWEEN ? AND ? AND status = ?"
 _SQLITE_COUNTS = "UPDATE status_counts SET n = n + ? WHERE run_id = ? AND status = ? AND origin = ?"
 _PG_COUNTS = text(
