@@ -46,10 +46,11 @@ class TemperedProposal:
 
 
 def draw_parameters(prior, proposal: TemperedProposal | None, n: int, n_prior: int,
-                    rng_prior: np.random.Generator, rng_proposal: np.random.Generator):
+                    rng_prior: np.random.Generator | None, rng_proposal: np.random.Generator | None):
     """Draw n parameters: n_prior from the prior, then n - n_prior from the proposal.
 
-    With ``proposal=None`` (warm-up) all n come from the prior. Returns ``(theta (n, D),
+    With ``proposal=None`` (warm-up) all n come from the prior. A generator that draws
+    nothing may be None. Returns ``(theta (n, D),
     origin (n,) int8, log_q (n,), log_prior (n,))`` where log_q is the log density of the
     distribution each row was drawn from (log_prior for prior rows).
     """

@@ -87,8 +87,10 @@ def propose_from(config, prior, step: int, posterior: tuple | None, fraction: fl
         proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature)
         n_prior = prior_draws(fraction, n)
     seed = config.training.seed
+    # a stream's generator only where it draws (making one costs as much as the draw)
     theta, origin, log_q, log_prior = draw_parameters(
-        prior, proposal, n, n_prior, rng(seed, PRIOR, step), rng(seed, PROPOSAL, step)
+        prior, proposal, n, n_prior,
+        rng(seed, PRIOR, step) if n_prior else None, rng(seed, PROPOSAL, step) if n_prior < n else None,
     )
     return Proposed(step, theta, origin, log_q, log_prior)
 
