@@ -41,6 +41,14 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def clear_grads(opt: torch.optim.Optimizer) -> None:
+    """`opt.zero_grad(set_to_none=True)` without its profiler and dynamo wrappers (~20x
+    cheaper; it runs every step)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = None
+
+
 def iw_weights(log_prior: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     """Self-normalised importance weights prior/q (n,), summing to one, computed in log space."""
     log_w = np.asarray(log_prior, dtype=np.float64) - np.asarray(log_q, dtype=np.float64)
@@ -72,7 +80,7 @@ def train_step(est, opt: torch.optim.Optimizer, batch, validation=None) -> dict:
     inp, out, w = _tensors(est, batch, head.dtype)
     head.observe(inp, out)
     loss, r = head.loss(inp, out, w)
-    opt.zero_grad(set_to_none=True)
+    clear_grads(opt)
     loss.backward()
     opt.step()
     source = "batch"
