@@ -150,7 +150,8 @@ import sys
 from falcon_lite.engine import inline
 from falcon_lite.store.db import make_engine
 
-inline.GROUP_COMMIT_S = 3600.0  # only checkpoints, purges and metric flushes commit: deterministic
+# only checkpoints and purges commit (no time-based commit, metrics flush or heartbeat)
+inline.GROUP_COMMIT_S = inline.FLUSH_EVERY_S = inline.HEARTBEAT_S = 3600.0
 
 
 def on_step(step, row):

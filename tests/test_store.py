@@ -625,7 +625,112 @@ def test_everything_else_the_store_writes_commits_the_group_first(engine):
     assert mirror.version == 4 and stored_steps(engine, run_id) == [1, 2, 3]
     store.append(*batch(rng, 2)[:3], 4, *batch(rng, 2)[3:])
     assert store.composition().total == 10
+    store.append(*batch(rng, 2)[:3], 5, *batch(rng, 2)[3:])
+    mirror.heartbeat()
+    assert stored_steps(engine, run_id)[-1] == 5
+    store.append(*batch(rng, 2)[:3], 6, *batch(rng, 2)[3:])
+    mirror.close()
+    assert stored_steps(engine, run_id)[-1] == 6
     check_conserved(engine, run_id, store)
+
+
+def test_settled_keeps_another_threads_changes_out_until_it_ends(engine):
+    """Inside `settled` (a purge, a mirror's or the recorder's write) another thread's
+    append waits: otherwise it could open a group that holds the lock the write is about
+    to take (on SQLite "database is locked" after the busy timeout; on PostgreSQL a wait
+    on the run row that nothing would end)."""
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1, group_commit_s=3600)
+    rng = np.random.default_rng(20)
+    store.append(*batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
+    appended = threading.Event()
+
+    def other():
+        store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
+        appended.set()
+
+    thread = threading.Thread(target=other, daemon=True)
+    with store.settled():
+        assert stored_steps(engine, run_id) == [0]  # the held group was committed
+        thread.start()
+        assert not appended.wait(0.3)  # held out while settled
+        with session_factory(engine).begin() as session:  # a write through another connection
+            runs.set_step(session, run_id, 7)
+    thread.join(timeout=30)
+    assert appended.is_set()
+    store.commit()
+    assert stored_steps(engine, run_id) == [0, 1]
+
+
+def test_housekeeping_from_another_thread_while_one_appends_in_a_group(engine):
+    """Purges, syncs and heartbeats (each commits the group first) beside an appending
+    thread: none waits on the group's lock, and nothing is lost or counted twice."""
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1, group_commit_s=3600)
+    mirror = store.mirror("m", heartbeat_s=0)  # every sync writes
+    rng = np.random.default_rng(17)
+    errors = []
+
+    def housekeeping():
+        try:
+            for _ in range(30):
+                store.purge()
+                mirror.sync()
+                mirror.heartbeat()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=housekeeping, daemon=True)
+    thread.start()
+    step = 0
+    while thread.is_alive() and step < 10_000:
+        store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+        step += 1
+    thread.join(timeout=60)
+    assert not thread.is_alive() and errors == []
+    store.commit()
+    mirror.sync()
+    check_conserved(engine, run_id, store)
+    assert run_state(engine, run_id)[2] == 2 * step
+
+
+def test_a_lost_connection_drops_the_group_and_the_store_goes_on(engine):
+    if engine.dialect.name == "sqlite":
+        pytest.skip("a SQLite file cannot lose its connection from outside")
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1, group_commit_s=3600)
+    mirror = store.mirror("trainer", heartbeat_s=3600)
+    rng = np.random.default_rng(18)
+    for step in range(2):
+        arrays = batch(rng, 2)
+        mirror.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+    with engine.connect() as admin:  # the server ends every other session of this database
+        admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    with pytest.raises(DBAPIError):
+        store.append(*batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])
+    assert mirror.stale and stored_steps(engine, run_id) == []
+    engine.dispose()  # the pool's other connections died too
+    arrays = batch(rng, 2)
+    mirror.apply(store.append(*arrays[:3], 3, *arrays[3:]), *arrays)
+    store.commit()
+    assert stored_steps(engine, run_id) == [3] and run_state(engine, run_id)[:3] == (2, 1, 2)
+    check_conserved(engine, run_id, store)
+    assert not mirror.stale and list(mirror.seq) == [0, 1]
+
+
+def test_purge_refuses_counts_that_disagree_with_the_rows(engine):
+    run_id = new_run(engine)
+    store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
+    rng = np.random.default_rng(19)
+    for step in range(2):
+        store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+    with engine.begin() as conn:  # damage the bookkeeping: one TOMBSTONE too many
+        conn.execute(text("UPDATE status_counts SET n = n + 1 WHERE run_id = :r AND status = 3 AND origin = 0"),
+                     {"r": run_id})
+    with pytest.raises(ConflictError, match="2 TOMBSTONE rows deleted, status_counts says 3"):
+        store.purge()
+    assert sum(r.status == 3 for r in db_rows(engine, run_id)) == 2  # nothing was deleted
 
 
 def fail_inserts_of_step(engine, step: int, deferred: bool = False) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -23,12 +24,16 @@ if TYPE_CHECKING:
 
 PURGE_EVERY = 50
 # On SQLite the inline runtime commits its appends in groups (SampleStore's group commit):
-# a crash loses at most this many seconds of simulations, which a resume simulates again
-# (the streams are a function of seed and step), and no metrics row or checkpoint ever
-# refers to a sample that is not committed (they commit the group first). On PostgreSQL
-# each append commits alone: there the savepoints' round trips cost more than the commits
-# they save (the inline row of bench/ray_loop.py's config: 14-15 ms per step alone, 17-21 grouped).
+# a group commits at the first append after it is GROUP_COMMIT_S old, or sooner at a metrics
+# flush, checkpoint, purge or mirror heartbeat, and no metrics row or checkpoint ever refers
+# to an uncommitted sample. A crash loses the simulations of at most that time plus a step,
+# which a resume simulates again (the streams are a function of seed and step). On
+# PostgreSQL each append commits alone: there the savepoints' round trips cost more than
+# the commits they save (the inline row of bench/ray_loop.py's config: 14-15 ms per step
+# alone, 17-21 grouped).
 GROUP_COMMIT_S = 0.1
+FLUSH_EVERY_S = 1.0  # metrics reach the database (and a live watcher) at least this often
+HEARTBEAT_S = 1.0  # the run's mirror records the version it holds at least this often
 
 
 class Recorder:
@@ -36,7 +41,8 @@ class Recorder:
 
     A flush happens at checkpoints, when `max_seconds` have passed since the last one (how
     stale a live watcher's view may get) or at `max_rows` rows, whichever comes first. A
-    flush first commits `store`'s held group, if given: what it records is then durable.
+    flush runs inside `store.settled()`, if a store is given: its held group is committed
+    first, so what the flush records refers only to durable samples.
     """
 
     def __init__(self, engine: sa.Engine, run_id: int, max_rows: int = 1000, max_seconds: float = 1.0,
@@ -57,8 +63,10 @@ class Recorder:
             self.flush(step)
 
     def flush(self, step: int, checkpoint: bytes | None = None) -> None:
-        if self.store is not None:
-            self.store.commit()
+        with self.store.settled() if self.store is not None else nullcontext():
+            self._write(step, checkpoint)
+
+    def _write(self, step: int, checkpoint: bytes | None) -> None:
         rows, self.rows = self.rows, []
         with self.sessions.begin() as session:
             if rows:
@@ -133,8 +141,8 @@ def run_inline(
     grouped = GROUP_COMMIT_S if engine.dialect.name == "sqlite" else 0.0
     store = SampleStore(engine, run_id, sizes_of(state), state.simulator.dim, cfg.estimator.dtype,
                         group_commit_s=grouped)
-    mirror = store.mirror(f"inline-{run_id}")
-    recorder = Recorder(engine, run_id, store=store)
+    mirror = store.mirror(f"inline-{run_id}", heartbeat_s=HEARTBEAT_S)
+    recorder = Recorder(engine, run_id, max_seconds=FLUSH_EVERY_S, store=store)
     try:
         mirror.sync()
         status = "completed"

@@ -8,9 +8,9 @@ made in this process from its `AppendResult` without any query. The mirror is a
 registered reader (table ``readers``): `purge` keeps every TOMBSTONE row it has not
 seen. Its recorded version (never ahead of what it holds) is written at registration, by
 `heartbeat`, and by `sync` and `apply` at most every ``heartbeat_s`` seconds, so most
-syncs are read-only transactions (one snapshot, no commit flush). Before touching the
-database a mirror commits its store's held group (`SampleStore.commit`); if a group's
-commit failed, the mirror is `stale` and its next sync reloads in full.
+syncs are read-only transactions (one snapshot, no commit flush). A mirror touches the
+database inside `SampleStore.settled` (its store's held group committed first); if a
+group's commit failed, the mirror is `stale` and its next sync reloads in full.
 
 `draw` makes a training batch from the trainable pool (TRAINING + DISFAVOURED): the
 whole pool, shuffled, when it holds at most `batch_size` rows; otherwise
@@ -66,8 +66,7 @@ class Mirror:
         self.stale = False  # holds changes that were lost (a failed group commit): reload in full
         self.heartbeat_s = heartbeat_s
         self._written = -math.inf
-        store.commit()
-        with store.writer.begin() as conn:
+        with store.settled(), store.writer.begin() as conn:
             version = self._lock_run(conn)
             self._load_all(conn, version)
             self._register(conn)
@@ -82,11 +81,11 @@ class Mirror:
         (the reader's recorded version and liveness) and when the reader was dropped.
         """
         self._check_open()
-        self.store.commit()
-        due = time.monotonic() - self._written >= self.heartbeat_s
-        n = self._sync(write=due)
-        if n is None:  # dropped by purge (stale heartbeat): reload in full under the write lock
-            n = self._sync(write=True)
+        with self.store.settled():
+            due = time.monotonic() - self._written >= self.heartbeat_s
+            n = self._sync(write=due)
+            if n is None:  # dropped by purge (stale heartbeat): reload in full under the write lock
+                n = self._sync(write=True)
         return n
 
     def _sync(self, write: bool) -> int | None:
@@ -182,16 +181,14 @@ class Mirror:
     def heartbeat(self) -> None:
         """Record this mirror's version and liveness (so purge may free what it has seen)."""
         self._check_open()
-        self.store.commit()
-        with self.store.writer.begin() as conn:
+        with self.store.settled(), self.store.writer.begin() as conn:
             self._write_version(conn)
 
     def close(self) -> None:
         """Unregister the reader; the mirror cannot be used afterwards."""
         if self.closed:
             return
-        self.store.commit()
-        with self.store.writer.begin() as conn:
+        with self.store.settled(), self.store.writer.begin() as conn:
             conn.execute(delete(READERS).where(READERS.c.run_id == self.store.run_id, READERS.c.name == self.name))
         self.closed = True
 

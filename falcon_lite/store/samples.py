@@ -23,8 +23,10 @@ it began (checked after each change) or `commit` is called; each change runs und
 savepoint, so one that fails is undone alone and the group goes on. What the store
 returned is then durable only after the commit: a crash loses the uncommitted changes
 (never a committed one). The group holds the run's write lock (on SQLite, the database's)
-while it is open, so everything else this process writes first calls `commit`: the
-store's `purge`, its mirrors, and the inline runtime's metrics and checkpoints.
+while it is open, so everything else this process writes to the database goes through
+`settled` (commit, and no new group until done): the store's `purge`, its mirrors, and
+the inline runtime's metrics and checkpoints. A store dropped while holding changes loses
+them (with a ResourceWarning).
 
 Rows whose theta or x hold NaN/inf (or whose log_q/log_prior is NaN) are not stored;
 they are counted in ``runs.rejected``. Readers (`falcon_lite.store.mirror.Mirror`)
@@ -35,10 +37,11 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
 import weakref
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import timedelta
 from itertools import chain, repeat
@@ -190,7 +193,9 @@ class SampleStore:
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise ValueError(f"dtype must be a float dtype, got {dtype!r}")
-        if not (isinstance(group_commit_s, (int, float)) and 0 <= group_commit_s < float("inf")):
+        if isinstance(group_commit_s, bool) or not (
+            isinstance(group_commit_s, (int, float)) and 0 <= group_commit_s < float("inf")
+        ):
             raise ValueError(f"group_commit_s must be a finite number >= 0, got {group_commit_s!r}")
         check_schema(engine)
         self.engine = engine
@@ -268,8 +273,7 @@ class SampleStore:
         heartbeat is older than `reader_timeout_s` are then dropped (a dropped mirror
         reloads in full on its next sync). With no readers left, every TOMBSTONE row goes.
         """
-        self.commit()
-        with self.writer.begin() as conn:
+        with self.settled(), self.writer.begin() as conn:
             _, version = self._lock(conn, bump=False)
             for mirror in list(self._mirrors):  # this process's mirrors: record what they hold
                 if not mirror.closed:
@@ -429,7 +433,11 @@ class SampleStore:
                 self._window = self._pending_window
                 return
             conn = self._hold()
-            _driver_sql(conn, "SAVEPOINT change")
+            try:
+                _driver_sql(conn, "SAVEPOINT change")
+            except BaseException:
+                self._drop_group()
+                raise
             try:
                 yield conn
             except BaseException:
@@ -440,10 +448,27 @@ class SampleStore:
                 except BaseException:
                     self._drop_group()
                 raise
-            _driver_sql(conn, "RELEASE SAVEPOINT change")
+            try:
+                _driver_sql(conn, "RELEASE SAVEPOINT change")
+            except BaseException:  # the change's fate is unknown: raised must mean not stored
+                self._drop_group()
+                raise
             self._window = self._pending_window
             if time.monotonic() - self._held[2] >= self.group_commit_s:
                 self.commit()
+
+    @contextmanager
+    def settled(self) -> Iterator[None]:
+        """Commit the held group and keep this store's changes out until the block ends.
+
+        For a write to the same database through another connection in this process (the
+        store's purge, its mirrors, a run's metrics and checkpoints): with a group held it
+        would wait for this very process's lock, and a change from another thread between
+        the commit and that write would open a new group and hold the lock again.
+        """
+        with self._write_lock:
+            self.commit()
+            yield
 
     def _hold(self) -> Connection:
         """The group's connection, in its open transaction (begun now if none is held)."""
@@ -479,14 +504,21 @@ class SampleStore:
         self.commit()
 
     def _drop_group(self) -> None:
-        """Roll the held group back (a savepoint could not be undone)."""
+        """Roll the held group back (a savepoint failed: the caller raises that error)."""
+        if self._held is None:
+            return
         conn, transaction, _ = self._held
         self._held = None
-        try:
+        self._lost()
+        with suppress(Exception):  # a broken connection has nothing left to roll back
             transaction.rollback()
-        finally:
+        with suppress(Exception):
             conn.close()
-            self._lost()
+
+    def __del__(self) -> None:
+        if getattr(self, "_held", None) is not None:
+            warnings.warn(f"SampleStore of run {self.run_id} dropped with uncommitted changes: they are lost "
+                          "(call commit() or close())", ResourceWarning, stacklevel=1)
 
     def _lost(self) -> None:
         self._window = None
