@@ -90,6 +90,23 @@ def test_run_end_to_end(control):
     supervisor_ends(run_id)
 
 
+def test_adaptive_quota_runs_on_ray(control):
+    """The adaptive policy through the actors: the sampler draws, the store (the trainer on
+    SQLite, the writer on PostgreSQL) retains and the batches mix by the quota in force, and
+    every row records that quota and the alarm the trainer computed from fresh batches."""
+    adaptive = {"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.25, "buffer.adaptive.high": 0.5}
+    run_id = control.create(config(60, **adaptive))
+    assert control.wait(run_id, timeout=180) == "completed"
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    assert [r["step"] for r in rows] == list(range(60))
+    after_warm_up = [r for r in rows if r["step"] >= 20]
+    assert all(r["prior_fraction"] == 0.25 and r["trainable_prior"] >= 8 for r in after_warm_up)
+    checked = [r for r in after_warm_up if "alarm" in r]
+    assert checked and all(r["alarm"] == 0.0 and r["rollbacks"] == 0.0 for r in checked)
+    supervisor_ends(run_id)
+
+
 def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
     """A run's detached supervisor ends itself once the run's status is written: a run
     leaves no process behind."""
