@@ -15,4 +15,5 @@ $fl stress --grid estimator.preset=calibrated --grid buffer.prior_fraction=0,0.0
 $fl stress --grid buffer.prior_fraction=adaptive,0.2 --seeds 10 --steps 10000 --workers $W --out docs/calibration/adaptive
 $fl stress --grid buffer.prior_fraction=adaptive --seeds 10 --steps 20000 --workers $W --out docs/calibration/adaptive-20k
 $fl stress --base docs/calibration/exp3d.json --grid estimator.preset=calibrated --grid buffer.prior_fraction=adaptive,0 --seeds 3 --steps 10000 --workers $W --out docs/calibration/adaptive-exp3d
+$fl stress --base docs/explosion/rolling.json --grid buffer.prior_fraction=adaptive --seeds 5 --steps 10000 --workers $W --out docs/calibration/adaptive-rolling
 .venv/bin/python docs/calibration/table.py
