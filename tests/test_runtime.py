@@ -107,6 +107,26 @@ def test_adaptive_quota_runs_on_ray(control):
     supervisor_ends(run_id)
 
 
+@only("sqlite")
+def test_adaptive_rollback_on_ray(control):
+    """A run whose learning rate is high enough to drift soon after it converges: the
+    trainer's alarm fires, the adaptive policy rolls the estimator back and cools the
+    learning rate, and the run goes on to completion."""
+    fast_drift = {
+        "buffer.prior_fraction": "adaptive", "training.warmup_steps": 300, "training.lr_after_warmup": 1e-2,
+        "buffer.simulations_per_step": 128, "buffer.min_training": 128, "buffer.max_training": 128,
+        "training.batch_size": 128, "training.checkpoint_every": 500,
+    }
+    run_id = control.create(config(1500, **fast_drift))
+    assert control.wait(run_id, timeout=300) == "completed"
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+        events = [e.data for e in runs.events_since(s, run_id, limit=100_000) if e.kind == "rollback"]
+    assert rows[-1]["rollbacks"] >= 1 and len(events) == rows[-1]["rollbacks"]
+    first = events[0]["step"]
+    assert all(r["lr"] == pytest.approx(1e-3) for r in rows if first < r["step"] < first + 50)
+
+
 def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
     """A run's detached supervisor ends itself once the run's status is written: a run
     leaves no process behind."""
