@@ -44,13 +44,11 @@ from falcon_lite.store.db import make_engine, session_factory
 from falcon_lite.store.samples import SampleStore
 
 
-def _one_thread(load: bool = True) -> None:
-    """One torch thread per actor (two compete for one core here); with `load=False` only
-    where torch is already imported (a registered simulator may use it)."""
-    if load or "torch" in sys.modules:
-        import torch
+def _one_thread() -> None:
+    """One torch thread per actor (two compete for one core here)."""
+    import torch
 
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
@@ -81,7 +79,8 @@ class SimulatorActor:
 
     def simulate(self, proposed: loop.Proposed) -> tuple[np.ndarray, str]:
         self.calls += 1
-        _one_thread(load=False)  # a registered simulator may have loaded torch (microseconds)
+        if "torch" in sys.modules:  # a registered simulator may have loaded it (microseconds)
+            _one_thread()
         node = ray.get_runtime_context().get_node_id()
         try:
             if self.fail_every and self.calls % self.fail_every == 0:

@@ -181,7 +181,7 @@ class SampleStore:
 
     `sizes` may be replaced (``store.sizes = Sizes(...)``); call `rotate` afterwards.
     With ``group_commit_s > 0`` changes are committed in groups (see the module doc): call
-    `commit` (or `close`) when done.
+    `commit` when done.
     """
 
     def __init__(self, engine: Engine, run_id: int, sizes: Sizes, dim: int, dtype: str = "float64",
@@ -499,10 +499,6 @@ class SampleStore:
             finally:
                 conn.close()
 
-    def close(self) -> None:
-        """Commit what is held (the store stays usable)."""
-        self.commit()
-
     def _drop_group(self) -> None:
         """Roll the held group back (a savepoint failed: the caller raises that error)."""
         if self._held is None:
@@ -518,7 +514,7 @@ class SampleStore:
     def __del__(self) -> None:
         if getattr(self, "_held", None) is not None:
             warnings.warn(f"SampleStore of run {self.run_id} dropped with uncommitted changes: they are lost "
-                          "(call commit() or close())", ResourceWarning, stacklevel=1)
+                          "(call commit())", ResourceWarning, stacklevel=1)
 
     def _lost(self) -> None:
         self._window = None
