@@ -37,6 +37,8 @@ from falcon_lite.engine.inline import run_inline
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
 
+from scratch_db import scratch_database  # bench/scratch_db.py
+
 CONFIGS = {
     "default (128 new/step, fresh)": {},
     "rolling (16 new/step, 1024 pool)": {
@@ -46,25 +48,6 @@ CONFIGS = {
         "buffer.validation_size": 256,
     },
 }
-PG_ADMIN = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def database(kind: str, tmp: str) -> tuple[str, callable]:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp}/bench-loop.db", lambda: None
-    name = f"flr_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop():
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    return sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False), drop
-
-
 def time_inline(engine, config: RunConfig) -> float:
     with session_factory(engine).begin() as s:
         run_id = runs.create_run(s, config).id
@@ -140,24 +123,20 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"bench/loop.py: {args.steps} steps x {args.repeats} repeats, {args.database}; ms per step (median)")
     print(f"{'config':34} {'inline':>8} {'bare loop':>10} {'bare insert':>12} {'ratio':>7}  target <= 1.25")
-    with tempfile.TemporaryDirectory(prefix="flr-bench-") as tmp:
-        url, drop = database(args.database, tmp)
-        try:
-            migrate(url)
-            engine = make_engine(url)
-            for name, overrides in CONFIGS.items():
-                config = with_overrides(RunConfig(), {**overrides, "training.steps": args.steps,
-                                                      "training.warmup_steps": args.steps // 3})
-                t_inline, t_loop, t_insert = [], [], []
-                for _ in range(args.repeats):  # interleaved, so load changes hit all three alike
-                    t_inline.append(time_inline(engine, config))
-                    t_loop.append(time_bare_loop(config))
-                    t_insert.append(time_bare_insert(engine, config))
-                i, lo, ins = (statistics.median(t) * 1e3 for t in (t_inline, t_loop, t_insert))
-                print(f"{name:34} {i:8.3f} {lo:10.3f} {ins:12.3f} {i / (lo + ins):7.2f}")
-            engine.dispose()
-        finally:
-            drop()
+    with tempfile.TemporaryDirectory(prefix="flr-bench-") as tmp, scratch_database(args.database, tmp) as url:
+        migrate(url)
+        engine = make_engine(url)
+        for name, overrides in CONFIGS.items():
+            config = with_overrides(RunConfig(), {**overrides, "training.steps": args.steps,
+                                                  "training.warmup_steps": args.steps // 3})
+            t_inline, t_loop, t_insert = [], [], []
+            for _ in range(args.repeats):  # interleaved, so load changes hit all three alike
+                t_inline.append(time_inline(engine, config))
+                t_loop.append(time_bare_loop(config))
+                t_insert.append(time_bare_insert(engine, config))
+            i, lo, ins = (statistics.median(t) * 1e3 for t in (t_inline, t_loop, t_insert))
+            print(f"{name:34} {i:8.3f} {lo:10.3f} {ins:12.3f} {i / (lo + ins):7.2f}")
+        engine.dispose()
 
 
 if __name__ == "__main__":

@@ -31,12 +31,10 @@ import argparse
 import os
 import tempfile
 import time
-import uuid
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")  # as connect_ray's local Ray; the bare loop runs at nice 0 too
 
-import sqlalchemy as sa
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
@@ -44,7 +42,8 @@ from falcon_lite.core.training import make_optimizer
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
 
-PG_ADMIN = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from scratch_db import scratch_database  # bench/scratch_db.py
+
 OVERRIDES = {
     "simulator.name": "exp_noise",
     "estimator.hidden": [128, 128, 128],
@@ -152,38 +151,29 @@ def main() -> None:
         return with_overrides(RunConfig(), {**OVERRIDES, "training.steps": steps, "training.warmup_steps": steps // 5,
                                             "runtime.steps_per_batch": per_batch})
 
-    name = f"flr_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     n = OVERRIDES["buffer.simulations_per_step"]
     load_before = os.getloadavg()[0]
     nan = float("nan")
+    with scratch_database("postgres", tempfile.gettempdir()) as url:
 
-    def inline() -> tuple[float, float, float]:
-        steps_per_s = bench_inline(url, config_for(args.steps, 1))
-        return steps_per_s, steps_per_s * n, nan
+        def inline() -> tuple[float, float, float]:
+            steps_per_s = bench_inline(url, config_for(args.steps, 1))
+            return steps_per_s, steps_per_s * n, nan
 
-    modes = [
-        ("inline", inline),
-        ("ray, continuous (steps_per_batch=null)", lambda: bench_ray(url, config_for(args.ray_steps, None))),
-        ("ray, paced (steps_per_batch=8)", lambda: bench_ray(url, config_for(args.ray_steps, 8))),
-        ("ray, paced (steps_per_batch=16)", lambda: bench_ray(url, config_for(args.ray_steps, 16))),
-        ("ray, lock-step (steps_per_batch=1)", lambda: bench_ray(url, config_for(args.steps, 1))),
-    ]
-    rows = []
-    try:
+        modes = [
+            ("inline", inline),
+            ("ray, continuous (steps_per_batch=null)", lambda: bench_ray(url, config_for(args.ray_steps, None))),
+            ("ray, paced (steps_per_batch=8)", lambda: bench_ray(url, config_for(args.ray_steps, 8))),
+            ("ray, paced (steps_per_batch=16)", lambda: bench_ray(url, config_for(args.ray_steps, 16))),
+            ("ray, lock-step (steps_per_batch=1)", lambda: bench_ray(url, config_for(args.steps, 1))),
+        ]
+        rows = []
         migrate(url)
         bares = [bench_bare(config_for(args.steps, 1))]
         for label, measure in modes:
             result = measure()
             bares.append(bench_bare(config_for(args.steps, 1)))
             rows.append((label, *result, (bares[-2] + bares[-1]) / 2))
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     print(f"bench/ray_loop.py: exp_noise 3-D, MLP 3x128, batch 128, rolling 1024/256, {n} sims per batch, "
           f"PostgreSQL; {args.steps} steps (bare, inline, lock-step), {args.ray_steps} (continuous, paced)")
     print(f"bare loop, in order: {', '.join(f'{b:.1f}' for b in bares)} steps/s")

@@ -18,13 +18,11 @@ import shutil
 import statistics
 import tempfile
 import time
-import uuid
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 import ray
-import sqlalchemy as sa
 
 from falcon_lite.config import RunConfig, with_overrides
 from falcon_lite.runtime.control import RunControl
@@ -32,7 +30,8 @@ from falcon_lite.settings import Settings
 from falcon_lite.store import runs
 from falcon_lite.store.db import migrate
 
-PG_ADMIN = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+from scratch_db import scratch_database  # bench/scratch_db.py
+
 SMALL = {
     "training.steps": 100,
     "training.warmup_steps": 20,
@@ -74,44 +73,36 @@ def main() -> None:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="flr-startup-", dir="/tmp")
-    url, admin, name = f"sqlite:///{tmp}/startup.db", None, None
-    if args.database == "postgres":  # a throwaway database, dropped at the end
-        name = f"flr_bench_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = sa.make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
     load_before = os.getloadavg()[0]
     try:
-        migrate(url)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="falcon-lite", _temp_dir=tmp)
-        control = RunControl(Settings(), database_url=url)
-        config = with_overrides(RunConfig(), SMALL)
-        bare, created, first, rss = [], [], [], []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            actor = Bare.remote()
-            ray.get(actor.ping.remote())
-            bare.append(time.perf_counter() - t0)
-            ray.kill(actor)
-            t0 = time.perf_counter()
-            run_id = control.create(config)
-            created.append(time.perf_counter() - t0)
-            while True:
-                with control.sessions.begin() as s:
-                    if runs.get_run(s, run_id).step >= 1:
-                        break
-                time.sleep(0.05)
-            first.append(time.perf_counter() - t0)
-            rss.append(actor_rss_mb())
-            assert control.wait(run_id, timeout=300) == "completed"
-        control.close()
+        with scratch_database(args.database, tmp, "startup.db") as url:
+            migrate(url)
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="falcon-lite", _temp_dir=tmp)
+            try:
+                control = RunControl(Settings(), database_url=url)
+                config = with_overrides(RunConfig(), SMALL)
+                bare, created, first, rss = [], [], [], []
+                for _ in range(args.runs):
+                    t0 = time.perf_counter()
+                    actor = Bare.remote()
+                    ray.get(actor.ping.remote())
+                    bare.append(time.perf_counter() - t0)
+                    ray.kill(actor)
+                    t0 = time.perf_counter()
+                    run_id = control.create(config)
+                    created.append(time.perf_counter() - t0)
+                    while True:
+                        with control.sessions.begin() as s:
+                            if runs.get_run(s, run_id).step >= 1:
+                                break
+                        time.sleep(0.05)
+                    first.append(time.perf_counter() - t0)
+                    rss.append(actor_rss_mb())
+                    assert control.wait(run_id, timeout=300) == "completed"
+                control.close()
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
-        if admin is not None:
-            with admin.connect() as c:
-                c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
     base = statistics.median(bare)
     print(f"bench/startup.py: {args.runs} runs, {args.database}, local Ray (2 CPUs); seconds, medians")
