@@ -57,8 +57,11 @@ OVERRIDES = {
 
 
 def rate(samples: list[tuple[float, int]], skip: int) -> float:
-    """Steps per second over the samples after step `skip`."""
+    """Steps per second over the samples after step `skip`; nan with fewer than two of them
+    (a run too short for the 4 polls a second that sample it)."""
     kept = [(t, s) for t, s in samples if s >= skip]
+    if len(kept) < 2:
+        return float("nan")
     (t0, s0), (t1, s1) = kept[0], kept[-1]
     return (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
 
@@ -97,9 +100,7 @@ def bench_ray(url: str, config: RunConfig) -> tuple[float, float, float]:
             time.sleep(0.25)
         assert run.status == "completed", run.reason
         skip = config.training.steps // 10
-        kept = [(t, n) for t, n, step in sims if skip <= step < config.training.steps]
-        (t0, n0), (t1, n1) = kept[0], kept[-1]
-        per_s = (n1 - n0) / (t1 - t0) if t1 > t0 else float("nan")
+        per_s = rate([(t, n) for t, n, step in sims if skip <= step < config.training.steps], 0)
         with control.sessions.begin() as s:
             shares = [r["wait_share"] for r in runs.metrics_since(s, run_id, since_step=skip - 1, limit=None)]
         control.close()
@@ -180,6 +181,8 @@ def main() -> None:
     print(f"{'runtime':40} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'waits':>6} {'bare around':>11} {'vs bare':>8}")
     for label, steps, sims, waits, bare in rows:
         print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {waits:6.2f} {bare:11.1f} {steps / bare:8.2f}")
+    if any(steps != steps for _, steps, *_ in rows):
+        print("nan: the run ended before two polls (4 a second) fell after its first 10 % of steps: give it more steps")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
     print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 
