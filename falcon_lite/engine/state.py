@@ -20,7 +20,7 @@ from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.simulators import make_simulator
-from falcon_lite.core.training import make_optimizer
+from falcon_lite.core.training import Optimizer, make_optimizer
 from falcon_lite.engine.streams import INIT, rng
 
 
@@ -32,7 +32,7 @@ class RunState:
     simulator: object
     prior: object
     estimator: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     step: int = 0  # optimizer steps taken
     next_proposal: int = 0  # the step index of the next batch of simulations
     drawn_prior: int = 0

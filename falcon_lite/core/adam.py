@@ -1,0 +1,121 @@
+"""Adam as one call of torch's fused kernel, without `torch.optim`'s wrappers.
+
+`torch.optim.Adam(fused=True)` runs the same kernel, but building one imports
+`torch._dynamo` (and sympy with it: ~1 s and ~70 MB in every trainer process), and each
+`step()` passes through profiler, grad-mode and dynamo wrappers that cost about as much as
+the kernel on the seed's small networks. `FusedAdam` keeps the update rule, the numbers
+(bit for bit) and the `state_dict` format of `torch.optim.Adam(fused=True)`, so checkpoints
+load in either; `make_optimizer` (core/training.py) falls back to `torch.optim.Adam` where
+the kernel is missing or the parameters do not suit it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+# The keys (and defaults) of a torch.optim.Adam parameter group, so that state dicts match.
+GROUP_DEFAULTS = {
+    "betas": (0.9, 0.999),
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "amsgrad": False,
+    "maximize": False,
+    "foreach": None,
+    "capturable": False,
+    "differentiable": False,
+    "fused": True,
+    "decoupled_weight_decay": False,
+}
+
+
+def fused_kernel_supports(params: list[torch.Tensor]) -> bool:
+    """Whether `FusedAdam` can take these parameters: the kernel exists and they are
+    floating-point CPU tensors of one dtype (one kernel call a step)."""
+    return (
+        hasattr(torch, "_fused_adam_")
+        and len(params) > 0
+        and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
+        and len({p.dtype for p in params}) == 1
+    )
+
+
+class FusedAdam:
+    """Adam (no weight decay, no amsgrad) over one group of CPU parameters of one dtype."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        params = list(params)
+        if not fused_kernel_supports(params):
+            raise ValueError("FusedAdam needs torch._fused_adam_ and CPU float32/float64 parameters of one dtype")
+        if not lr >= 0.0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        self.param_groups = [{"params": params, "lr": lr, **GROUP_DEFAULTS, "betas": tuple(betas), "eps": eps}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        params, grads, avgs, sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state.get(p)
+            if state is None:  # as torch.optim.Adam's lazy init (fused: a float32 step on the device)
+                state = self.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+            params.append(p)
+            grads.append(p.grad)
+            avgs.append(state["exp_avg"])
+            sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, avgs, sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
+                           beta2=beta2, weight_decay=0.0, eps=group["eps"], maximize=False)
+
+    def state_dict(self) -> dict:
+        """The format of `torch.optim.Adam.state_dict()`: parameters by their index."""
+        group = self.param_groups[0]
+        index = {id(p): i for i, p in enumerate(group["params"])}
+        return {
+            "state": {index[id(p)]: dict(s) for p, s in self.state.items()},
+            "param_groups": [{**{k: v for k, v in group.items() if k != "params"},
+                              "params": list(range(len(group["params"])))}],
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Load a state dict of this class or of `torch.optim.Adam` (one group, the same
+        parameters); the moments are copied, in the parameters' dtype."""
+        groups = saved.get("param_groups", [])
+        params = self.param_groups[0]["params"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(params):
+            raise ValueError(f"optimizer state for {[len(g['params']) for g in groups]} parameters in "
+                             f"{len(groups)} groups does not fit one group of {len(params)}")
+        group = groups[0]
+        if group.get("amsgrad") or group.get("weight_decay") or group.get("maximize"):
+            raise ValueError("FusedAdam cannot continue an Adam with amsgrad, weight decay or maximize")
+        self.param_groups[0].update({k: v for k, v in group.items() if k in GROUP_DEFAULTS or k == "lr"})
+        self.param_groups[0].update(fused=True, foreach=None, capturable=False)
+        self.state = {}
+        for i, p in zip(group["params"], params):
+            s = saved["state"].get(i)
+            if s is not None:
+                self.state[p] = {
+                    "step": s["step"].detach().to(dtype=torch.float32, device=p.device, copy=True),
+                    "exp_avg": s["exp_avg"].detach().to(dtype=p.dtype, device=p.device, copy=True),
+                    "exp_avg_sq": s["exp_avg_sq"].detach().to(dtype=p.dtype, device=p.device, copy=True),
+                }
