@@ -383,3 +383,27 @@ def test_recorder_raises_an_event_per_rollback_and_none_on_resume(sqlite_url):
         rolled = [e.data for e in runs.events_since(s, run_id) if e.kind == "rollback"]
     engine.dispose()
     assert rolled == [{"step": 2, "rollbacks": 3, "lr": 1e-4}, {"step": 4, "rollbacks": 5, "lr": 1e-4}]
+
+
+def test_recorder_writes_the_first_row_at_once_then_every_max_seconds(sqlite_url):
+    """A watcher sees the first step as soon as it is trained; later rows wait for the
+    flush interval (or a checkpoint)."""
+    from falcon_lite.engine.inline import Recorder
+
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, small()).id
+
+    def stored() -> tuple[int, list[int]]:
+        with session_factory(engine).begin() as s:
+            rows = runs.metrics_since(s, run_id, since_step=-1, limit=None)
+            return runs.get_run(s, run_id).step, [r["step"] for r in rows]
+
+    recorder = Recorder(engine, run_id, max_seconds=3600)
+    recorder.add({"step": 0, "loss": 1.0}, 1)
+    assert stored() == (1, [0])
+    recorder.add({"step": 1, "loss": 0.5}, 2)
+    assert stored() == (1, [0])
+    recorder.flush(2)
+    assert stored() == (2, [0, 1])
+    engine.dispose()

@@ -6,6 +6,7 @@ Every simulated sample goes through the SampleStore; the trainer reads only its 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -40,7 +41,8 @@ class Recorder:
     """Buffers metric rows and writes them, with the run's step, in one transaction.
 
     A flush happens at checkpoints, when `max_seconds` have passed since the last one (how
-    stale a live watcher's view may get) or at `max_rows` rows, whichever comes first. A
+    stale a live watcher's view may get) or at `max_rows` rows, whichever comes first; the
+    first row is written at once, so that a watcher sees at once that training began. A
     flush runs inside `store.settled()`, if a store is given: its held group is committed
     first, so what the flush records refers only to durable samples.
     """
@@ -52,7 +54,7 @@ class Recorder:
         self.store = store
         self.rows: list[dict] = []
         self.max_rows, self.max_seconds = max_rows, max_seconds
-        self.last_flush = time.monotonic()
+        self.last_flush = -math.inf  # the first row goes out at once
         self.regime: float | None = None
         self.alarm: float | None = None
         self.rollbacks: float | None = None
