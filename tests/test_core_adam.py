@@ -9,20 +9,19 @@ import sys
 import pytest
 import torch
 
-from falcon_lite.config import EstimatorConfig
+from falcon_lite.config import EstimatorConfig, PriorConfig
 from falcon_lite.core.adam import FusedAdam
 from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.priors import make_prior
-from falcon_lite.config import PriorConfig
 from falcon_lite.core.training import make_optimizer, set_lr
 
 torch.set_num_threads(1)
 
 
-def estimator(loss: str = "mse"):
+def estimator(loss: str = "mse", dtype: str = "float64"):
     """The seed's NPE on a 3-D problem (with a trained log-variance parameter under nll)."""
     prior = make_prior(PriorConfig(), 3)
-    return make_estimator(EstimatorConfig(hidden=[16, 16], loss=loss), 3, prior,
+    return make_estimator(EstimatorConfig(hidden=[16, 16], loss=loss, dtype=dtype), 3, prior,
                           generator=torch.Generator().manual_seed(0))
 
 
@@ -31,8 +30,8 @@ def train(est, opt, steps: int, seed: int = 1) -> None:
     for i in range(steps):
         if i == steps // 2:
             set_lr(opt, 3e-3)  # the warm-up's rate change, mid-way
-        theta = torch.randn(32, 3, generator=g, dtype=torch.float64)
-        x = theta + 0.1 * torch.randn(32, 3, generator=g, dtype=torch.float64)
+        theta = torch.randn(32, 3, generator=g, dtype=est.head.dtype)
+        x = theta + 0.1 * torch.randn(32, 3, generator=g, dtype=est.head.dtype)
         loss, _ = est.head.loss(x, theta)
         opt.zero_grad()
         loss.backward()
@@ -43,9 +42,9 @@ def same_params(a, b) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@pytest.mark.parametrize("loss", ["mse", "nll"])
-def test_same_numbers_and_state_dict_as_torch_fused_adam(loss):
-    ours, theirs = estimator(loss), estimator(loss)
+@pytest.mark.parametrize(("loss", "dtype"), [("mse", "float64"), ("nll", "float64"), ("mse", "float32")])
+def test_same_numbers_and_state_dict_as_torch_fused_adam(loss, dtype):
+    ours, theirs = estimator(loss, dtype), estimator(loss, dtype)
     opt_ours = make_optimizer(ours, 1e-2)
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)
     assert isinstance(opt_ours, FusedAdam)
