@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from falcon_lite.config import EstimatorConfig, PriorConfig
+from falcon_lite.core import adam
 from falcon_lite.core.adam import FusedAdam
 from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.priors import make_prior
@@ -109,6 +110,29 @@ def test_refuses_a_state_that_does_not_fit():
 def test_falls_back_to_torch_adam_for_mixed_dtypes():
     mixed = torch.nn.Sequential(torch.nn.Linear(2, 2, dtype=torch.float64), torch.nn.Linear(2, 2, dtype=torch.float32))
     assert isinstance(make_optimizer(mixed, 1e-3), torch.optim.Adam)
+
+
+def test_falls_back_to_torch_adam_when_the_private_kernel_changes(monkeypatch):
+    """`torch._fused_adam_` is private: a torch whose kernel takes other arguments (or has
+    none) gets torch.optim.Adam instead of a run that fails at its first step."""
+    assert adam.kernel_works()
+
+    def renamed_argument(*args, lr, beta1, beta2, weight_decay, epsilon, amsgrad, maximize):
+        raise AssertionError("not reached")
+
+    for kernel in (renamed_argument, None):
+        adam.kernel_works.cache_clear()
+        if kernel is None:
+            monkeypatch.delattr(torch, "_fused_adam_")
+        else:
+            monkeypatch.setattr(torch, "_fused_adam_", kernel)
+        try:
+            assert not adam.kernel_works()
+            assert isinstance(make_optimizer(estimator(), 1e-3), torch.optim.Adam)
+        finally:
+            monkeypatch.undo()
+            adam.kernel_works.cache_clear()
+    assert isinstance(make_optimizer(estimator(), 1e-3), FusedAdam)
 
 
 def test_a_run_does_not_import_dynamo(tmp_path):

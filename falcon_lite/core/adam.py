@@ -11,6 +11,7 @@ the kernel is missing or the parameters do not suit it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
@@ -31,14 +32,36 @@ GROUP_DEFAULTS = {
 
 
 def fused_kernel_supports(params: list[torch.Tensor]) -> bool:
-    """Whether `FusedAdam` can take these parameters: the kernel exists and they are
-    floating-point CPU tensors of one dtype (one kernel call a step)."""
+    """Whether `FusedAdam` can take these parameters: the kernel works in this torch and
+    they are floating-point CPU tensors of one dtype (one kernel call a step)."""
     return (
-        hasattr(torch, "_fused_adam_")
-        and len(params) > 0
+        len(params) > 0
         and all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in params)
         and len({p.dtype for p in params}) == 1
+        and kernel_works()
     )
+
+
+@functools.cache
+def kernel_works() -> bool:
+    """One Adam step through the kernel on a scalar: it exists in this torch, takes the
+    arguments `FusedAdam.step` passes (a private op, whose signature a later torch may
+    change) and moves the parameter by -lr, as Adam's first step does."""
+    if not hasattr(torch, "_fused_adam_"):
+        return False
+    p, grad, avg, sq = (torch.full((1,), v, dtype=torch.float64) for v in (0.0, 1.0, 0.0, 0.0))
+    try:
+        _kernel([p], [grad], [avg], [sq], [torch.zeros((), dtype=torch.float32)], lr=0.5, betas=(0.9, 0.999), eps=1e-8)
+    except (RuntimeError, TypeError):
+        return False
+    return abs(float(p[0]) + 0.5) < 1e-6
+
+
+def _kernel(params, grads, avgs, sqs, steps, lr: float, betas: tuple[float, float], eps: float) -> None:
+    """Count the step and apply Adam in place, as torch.optim.Adam(fused=True) does on CPU."""
+    torch._foreach_add_(steps, 1)
+    torch._fused_adam_(params, grads, avgs, sqs, [], steps, amsgrad=False, lr=lr, beta1=betas[0],
+                       beta2=betas[1], weight_decay=0.0, eps=eps, maximize=False)
 
 
 class FusedAdam:
@@ -48,7 +71,7 @@ class FusedAdam:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         params = list(params)
         if not fused_kernel_supports(params):
-            raise ValueError("FusedAdam needs torch._fused_adam_ and CPU float32/float64 parameters of one dtype")
+            raise ValueError("FusedAdam needs a working torch._fused_adam_ and CPU float32/float64 parameters of one dtype")
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
         self.param_groups = [{"params": params, "lr": lr, **GROUP_DEFAULTS, "betas": tuple(betas), "eps": eps}]
@@ -80,12 +103,8 @@ class FusedAdam:
             avgs.append(state["exp_avg"])
             sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
-        if not params:
-            return
-        beta1, beta2 = group["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, avgs, sqs, [], steps, amsgrad=False, lr=group["lr"], beta1=beta1,
-                           beta2=beta2, weight_decay=0.0, eps=group["eps"], maximize=False)
+        if params:
+            _kernel(params, grads, avgs, sqs, steps, group["lr"], group["betas"], group["eps"])
 
     def state_dict(self) -> dict:
         """The format of `torch.optim.Adam.state_dict()`: parameters by their index."""
