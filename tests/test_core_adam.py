@@ -19,14 +19,16 @@ from falcon_lite.core.training import make_optimizer, set_lr
 torch.set_num_threads(1)
 
 
-def estimator(loss: str = "mse", dtype: str = "float64"):
+def estimator(loss: str = "mse", dtype: str = "float64", hidden=(16, 16)):
     """The seed's NPE on a 3-D problem (with a trained log-variance parameter under nll)."""
     prior = make_prior(PriorConfig(), 3)
-    return make_estimator(EstimatorConfig(hidden=[16, 16], loss=loss, dtype=dtype), 3, prior,
+    return make_estimator(EstimatorConfig(hidden=list(hidden), loss=loss, dtype=dtype), 3, prior,
                           generator=torch.Generator().manual_seed(0))
 
 
-def train(est, opt, steps: int, seed: int = 1) -> None:
+def train(est, opt, steps: int, seed: int = 1, frozen_until: int = 0) -> None:
+    """`steps` Adam steps on fresh batches; the output layer's weight gets no gradient
+    before step `frozen_until` (its optimizer state starts later)."""
     g = torch.Generator().manual_seed(seed)
     for i in range(steps):
         if i == steps // 2:
@@ -36,6 +38,8 @@ def train(est, opt, steps: int, seed: int = 1) -> None:
         loss, _ = est.head.loss(x, theta)
         opt.zero_grad()
         loss.backward()
+        if i < frozen_until:
+            est.head.net[-1].weight.grad = None
         opt.step()
 
 
@@ -43,14 +47,22 @@ def same_params(a, b) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
-@pytest.mark.parametrize(("loss", "dtype"), [("mse", "float64"), ("nll", "float64"), ("mse", "float32")])
-def test_same_numbers_and_state_dict_as_torch_fused_adam(loss, dtype):
+@pytest.mark.parametrize(("loss", "dtype", "options", "frozen_until"), [
+    ("mse", "float64", {}, 0),
+    ("nll", "float64", {}, 0),
+    ("mse", "float32", {}, 0),
+    ("mse", "float64", {}, 7),  # one parameter without a gradient (nor state) for 7 steps
+    ("mse", "float64", {"weight_decay": 0.1, "betas": (0.8, 0.99), "eps": 1e-6}, 0),
+    ("mse", "float64", {"maximize": True}, 0),
+])
+def test_same_numbers_and_state_dict_as_torch_fused_adam(loss, dtype, options, frozen_until):
     ours, theirs = estimator(loss, dtype), estimator(loss, dtype)
     opt_ours = make_optimizer(ours, 1e-2)
-    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)
+    opt_ours.param_groups[0].update(options)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True, **options)
     assert isinstance(opt_ours, FusedAdam)
-    train(ours, opt_ours, 40)
-    train(theirs, opt_theirs, 40)
+    train(ours, opt_ours, 40, frozen_until=frozen_until)
+    train(theirs, opt_theirs, 40, frozen_until=frozen_until)
     assert same_params(ours, theirs)
     mine, torchs = opt_ours.state_dict(), opt_theirs.state_dict()
     assert mine["param_groups"] == torchs["param_groups"]
@@ -60,6 +72,14 @@ def test_same_numbers_and_state_dict_as_torch_fused_adam(loss, dtype):
         for key, value in state.items():
             assert mine["state"][i][key].dtype == value.dtype
             assert torch.equal(mine["state"][i][key], value)
+
+
+def test_a_parameter_without_a_gradient_has_no_state_yet():
+    ours, theirs = estimator(), estimator()
+    opt_ours, opt_theirs = make_optimizer(ours, 1e-2), torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)
+    train(ours, opt_ours, 3, frozen_until=7)
+    train(theirs, opt_theirs, 3, frozen_until=7)
+    assert sorted(opt_ours.state_dict()["state"]) == sorted(opt_theirs.state_dict()["state"]) == [0, 1, 2, 3, 5]
 
 
 def test_checkpoints_load_either_way_and_go_on_alike():
@@ -97,9 +117,17 @@ def test_refuses_a_state_that_does_not_fit():
     other = torch.optim.Adam(torch.nn.Linear(2, 2, dtype=torch.float64).parameters(), lr=1e-2)
     with pytest.raises(ValueError, match="does not fit one group"):
         opt.load_state_dict(other.state_dict())
-    decayed = torch.optim.Adam(estimator().parameters(), lr=1e-2, weight_decay=0.1)
-    with pytest.raises(ValueError, match="weight decay"):
-        opt.load_state_dict(decayed.state_dict())
+    amsgrad = torch.optim.Adam(estimator().parameters(), lr=1e-2, amsgrad=True)
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.load_state_dict(amsgrad.state_dict())
+    narrow = estimator(hidden=(8, 8))  # as many parameters, other shapes
+    narrow_opt = make_optimizer(narrow, 1e-2)
+    train(narrow, narrow_opt, 1)
+    with pytest.raises(ValueError, match=r"parameter 0 has shape \(8, 3\), the parameter \(16, 3\)"):
+        opt.load_state_dict(narrow_opt.state_dict())
+    opt.param_groups[0]["amsgrad"] = True
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.step()
     with pytest.raises(ValueError, match="CPU float32/float64"):
         FusedAdam([torch.nn.Parameter(torch.zeros(2, dtype=torch.float64)),
                    torch.nn.Parameter(torch.zeros(2, dtype=torch.float32))])

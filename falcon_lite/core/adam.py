@@ -5,8 +5,11 @@
 `step()` passes through profiler, grad-mode and dynamo wrappers that cost about as much as
 the kernel on the seed's small networks. `FusedAdam` keeps the update rule, the numbers
 (bit for bit) and the `state_dict` format of `torch.optim.Adam(fused=True)`, so checkpoints
-load in either; `make_optimizer` (core/training.py) falls back to `torch.optim.Adam` where
-the kernel is missing or the parameters do not suit it.
+load in either (one written by a non-fused Adam loads too, and goes on with the fused
+kernel: the same update rule, not the same last bits); `make_optimizer` (core/training.py)
+falls back to `torch.optim.Adam` where the kernel is missing or the parameters do not suit
+it. Weight decay and `maximize` are passed to the kernel; amsgrad and AdamW's decoupled
+decay are not supported.
 """
 
 from __future__ import annotations
@@ -57,11 +60,17 @@ def kernel_works() -> bool:
     return abs(float(p[0]) + 0.5) < 1e-6
 
 
-def _kernel(params, grads, avgs, sqs, steps, lr: float, betas: tuple[float, float], eps: float) -> None:
+def _kernel(params, grads, avgs, sqs, steps, lr: float, betas: tuple[float, float], eps: float,
+            weight_decay: float = 0.0, maximize: bool = False) -> None:
     """Count the step and apply Adam in place, as torch.optim.Adam(fused=True) does on CPU."""
     torch._foreach_add_(steps, 1)
     torch._fused_adam_(params, grads, avgs, sqs, [], steps, amsgrad=False, lr=lr, beta1=betas[0],
-                       beta2=betas[1], weight_decay=0.0, eps=eps, maximize=False)
+                       beta2=betas[1], weight_decay=weight_decay, eps=eps, maximize=maximize)
+
+
+def _refuse_unsupported(group: dict) -> None:
+    if group.get("amsgrad") or group.get("decoupled_weight_decay"):
+        raise ValueError("FusedAdam does not do amsgrad or AdamW's decoupled weight decay")
 
 
 class FusedAdam:
@@ -87,6 +96,7 @@ class FusedAdam:
     @torch.no_grad()
     def step(self) -> None:
         group = self.param_groups[0]
+        _refuse_unsupported(group)
         params, grads, avgs, sqs, steps = [], [], [], [], []
         for p in group["params"]:
             if p.grad is None:
@@ -104,7 +114,8 @@ class FusedAdam:
             sqs.append(state["exp_avg_sq"])
             steps.append(state["step"])
         if params:
-            _kernel(params, grads, avgs, sqs, steps, group["lr"], group["betas"], group["eps"])
+            _kernel(params, grads, avgs, sqs, steps, group["lr"], group["betas"], group["eps"],
+                    group["weight_decay"], group["maximize"])
 
     def state_dict(self) -> dict:
         """The format of `torch.optim.Adam.state_dict()`: parameters by their index."""
@@ -118,15 +129,19 @@ class FusedAdam:
 
     def load_state_dict(self, saved: dict) -> None:
         """Load a state dict of this class or of `torch.optim.Adam` (one group, the same
-        parameters); the moments are copied, in the parameters' dtype."""
+        parameters, moments of their shapes); the moments are copied, in the parameters' dtype."""
         groups = saved.get("param_groups", [])
         params = self.param_groups[0]["params"]
         if len(groups) != 1 or len(groups[0]["params"]) != len(params):
             raise ValueError(f"optimizer state for {[len(g['params']) for g in groups]} parameters in "
                              f"{len(groups)} groups does not fit one group of {len(params)}")
         group = groups[0]
-        if group.get("amsgrad") or group.get("weight_decay") or group.get("maximize"):
-            raise ValueError("FusedAdam cannot continue an Adam with amsgrad, weight decay or maximize")
+        _refuse_unsupported(group)
+        for i, p in zip(group["params"], params):
+            s = saved["state"].get(i)
+            if s is not None and (s["exp_avg"].shape != p.shape or s["exp_avg_sq"].shape != p.shape):
+                raise ValueError(f"optimizer state for parameter {i} has shape {tuple(s['exp_avg'].shape)}, "
+                                 f"the parameter {tuple(p.shape)}")
         self.param_groups[0].update({k: v for k, v in group.items() if k in GROUP_DEFAULTS or k == "lr"})
         self.param_groups[0].update(fused=True, foreach=None, capturable=False)
         self.state = {}
