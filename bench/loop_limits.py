@@ -33,11 +33,21 @@ from loop import CONFIGS, time_bare_insert, time_bare_loop, time_inline  # bench
 
 def threaded(engine, config: RunConfig) -> float:
     """Wall ms per step of the bare loop and the bare insert run at once in two threads."""
-    insert = threading.Thread(target=time_bare_insert, args=(engine, config))
+    failed: list[BaseException] = []
+
+    def insert() -> None:
+        try:
+            time_bare_insert(engine, config)
+        except BaseException as exc:  # raised below, in the caller's thread
+            failed.append(exc)
+
+    thread = threading.Thread(target=insert)
     started = time.perf_counter()
-    insert.start()
+    thread.start()
     time_bare_loop(config)
-    insert.join()
+    thread.join()
+    if failed:
+        raise failed[0]
     return 1e3 * (time.perf_counter() - started) / config.training.steps
 
 

@@ -104,7 +104,7 @@ def bench_ray(url: str, config: RunConfig) -> tuple[float, float, float]:
         with control.sessions.begin() as s:
             shares = [r["wait_share"] for r in runs.metrics_since(s, run_id, since_step=skip - 1, limit=None)]
         control.close()
-        return rate(steps, skip), per_s, sum(shares) / len(shares)
+        return rate(steps, skip), per_s, sum(shares) / len(shares) if shares else float("nan")
     finally:
         ray.shutdown()
 
@@ -181,8 +181,8 @@ def main() -> None:
     print(f"{'runtime':40} {'steps/s':>9} {'sims/s':>9} {'sims/step':>9} {'waits':>6} {'bare around':>11} {'vs bare':>8}")
     for label, steps, sims, waits, bare in rows:
         print(f"{label:40} {steps:9.1f} {sims:9.0f} {sims / steps:9.2f} {waits:6.2f} {bare:11.1f} {steps / bare:8.2f}")
-    if any(steps != steps for _, steps, *_ in rows):
-        print("nan: the run ended before two polls (4 a second) fell after its first 10 % of steps: give it more steps")
+    if any(value != value for row in rows for value in row[1:3]):
+        print("nan: a run ended before two of its samples fell after its first 10 % of steps: give it more steps")
     print("target: ray >= 0.70 x bare loop; reference framework on this machine: ~28 steps/s, ~175 sims/s")
     print(f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} CPUs)")
 
