@@ -3,8 +3,8 @@
 On bench/loop.py's two configs, SQLite, ms per step (medians of --repeats):
 
 1. A writer thread: the bare loop and the bare insert in two threads of one process
-   against the two run one after the other. Both are Python-bound (the interpreter lock),
-   so the threaded wall time is no shorter than the sum.
+   against the two run one after the other. Both are mostly Python, which takes turns on
+   the interpreter lock: a threaded wall time no shorter than the sum means no overlap.
 2. Fewer diagnostics: the inline runtime with `training.diagnostics_every` 1 (the default)
    and 10, as a ratio against bare loop + bare insert (the posterior at x_obs is computed
    every step anyway, for the proposal).

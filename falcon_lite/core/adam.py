@@ -74,7 +74,8 @@ def _refuse_unsupported(group: dict) -> None:
 
 
 class FusedAdam:
-    """Adam (no weight decay, no amsgrad) over one group of CPU parameters of one dtype."""
+    """Adam (L2 weight decay and maximize as torch has them; no amsgrad, no AdamW) over one
+    group of CPU parameters of one dtype."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
