@@ -33,7 +33,7 @@ from falcon_lite.store.db import migrate
 from scratch_db import scratch_database  # bench/scratch_db.py
 
 SMALL = {
-    "training.steps": 100,
+    "training.steps": 400,  # long enough that its actors still run when their memory is read
     "training.warmup_steps": 20,
     "estimator.hidden": [16, 16],
     "buffer.simulations_per_step": 32,
