@@ -1,0 +1,111 @@
+"""The numbers must not move: short inline runs whose every metrics row, buffer count and
+final checkpoint were recorded on the code before the store/runtime redesign (issue 15).
+
+A refactor that changes any bit of them fails here. A change that is *meant* to move the
+numbers regenerates the file on purpose, and says why in its commit:
+
+    .venv/bin/python tests/test_golden.py --write
+
+Each case covers a different path of the loop: the seed scenario past its warm-up, a
+rolling buffer with a validation set, disfavouring and a prior quota, the adaptive policy,
+the calibrated preset on exp_noise with the validation variance, the NLE estimator, and an NLL
+loss with importance weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden_metrics.json"
+
+CASES: dict[str, dict] = {
+    "seed": {"training": {"steps": 1100, "diagnostics_every": 10}},
+    "rolling": {
+        "buffer": {"validation_size": 64, "min_training": 256, "max_training": 512, "prior_fraction": 0.2,
+                   "simulations_per_step": 64},
+        "proposal": {"discard_log_ratio": -2.0},
+        "training": {"steps": 300, "warmup_steps": 100, "checkpoint_every": 100, "diagnostics_every": 7},
+    },
+    "adaptive": {
+        "buffer": {"prior_fraction": "adaptive", "adaptive": {"low": 0.1, "high": 0.5}},
+        "training": {"steps": 300, "warmup_steps": 100, "diagnostics_every": 5},
+    },
+    "calibrated_exp_noise": {
+        "simulator": {"name": "exp_noise"},
+        "estimator": {"preset": "calibrated", "variance_source": "validation"},
+        "buffer": {"validation_size": 128, "prior_fraction": 0.2},
+        "training": {"steps": 300, "warmup_steps": 100, "diagnostics_every": 5},
+    },
+    "nle": {"estimator": {"name": "gaussian_nle"}, "training": {"steps": 200, "warmup_steps": 100,
+                                                                "diagnostics_every": 5}},
+    "nll_iw": {
+        "estimator": {"loss": "nll", "importance_weighting": True},
+        "buffer": {"prior_fraction": 0.3},
+        "training": {"steps": 300, "warmup_steps": 100, "diagnostics_every": 5},
+    },
+}
+
+
+def run_case(overrides: dict, tmp: Path) -> dict:
+    """Run one case inline on a fresh SQLite file; its metrics rows, counts and checkpoint hash."""
+    from falcon_lite.config import RunConfig
+    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    url = f"sqlite:///{tmp / 'golden.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    try:
+        with session_factory(engine).begin() as session:
+            run_id = runs.create_run(session, RunConfig.model_validate(overrides)).id
+        run_inline(engine, run_id)
+        with session_factory(engine).begin() as session:
+            rows = runs.metrics_since(session, run_id, limit=None)
+            purged, rejected, _, counts = runs.buffer_counts(session, run_id)
+            step, blob = runs.latest_checkpoint(session, run_id)
+    finally:
+        engine.dispose()
+    return {
+        "rows": rows,
+        "counts": sorted(counts),
+        "purged": purged,
+        "rejected": rejected,
+        "checkpoint": {"step": step, "sha256": hashlib.sha256(blob).hexdigest()},
+    }
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return json.loads(GOLDEN.read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_metrics_are_bit_identical_to_the_recorded_ones(case, golden, tmp_path):
+    got = json.loads(json.dumps(run_case(CASES[case], tmp_path)))  # as stored: JSON floats round-trip
+    want = golden[case]
+    assert len(got["rows"]) == len(want["rows"])
+    for new, old in zip(got["rows"], want["rows"]):
+        assert new == old, f"step {old['step']}: " + ", ".join(
+            f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(new) | set(old)) if new.get(k) != old.get(k)
+        )
+    assert (got["counts"], got["purged"], got["rejected"]) == (want["counts"], want["purged"], want["rejected"])
+    assert got["checkpoint"] == want["checkpoint"]
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/test_golden.py --write   (records the current code's numbers)")
+    out = {}
+    for name, overrides in CASES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            out[name] = json.loads(json.dumps(run_case(overrides, Path(tmp))))
+        print(name, len(out[name]["rows"]), "rows", out[name]["checkpoint"])
+    GOLDEN.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
