@@ -59,7 +59,8 @@ from falcon_lite.core.policy import Sizes, Status
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
 from falcon_lite.store.models import Run, StatusCount
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.core.samples import Samples
+from falcon_lite.store.buffer import SampleStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PG = os.environ.get("FALCON_LITE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -187,6 +188,12 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def as_samples(arrays) -> Samples:
+    """`make_batch`'s columns as the store takes them (validated, step 0)."""
+    theta, x, origin, log_q, log_prior = arrays
+    return Samples(theta, x, origin, log_q, log_prior, step=0)
+
+
 def measure(engine, store: SampleStore, mirror, reps: int, rng, bare_seq: list[int]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {
         k: [] for k in ("append", "bare", "bare_driver", "bare_unnest", "composition", "sync", "draw")
@@ -199,11 +206,10 @@ def measure(engine, store: SampleStore, mirror, reps: int, rng, bare_seq: list[i
         for key, mode in modes.items():
             out[key].append(bare_insert(engine, bare_seq[0], arrays, mode))
             bare_seq[0] += BATCH
-        out["append"].append(timed(lambda: store.append(*arrays[:3], 0, *arrays[3:])))
+        out["append"].append(timed(lambda: store.append(as_samples(arrays))))
         out["composition"].append(timed(store.composition))
         mirror.sync()
-        arrays = make_batch(rng)
-        store.append(*arrays[:3], 0, *arrays[3:])
+        store.append(as_samples(make_batch(rng)))
         out["sync"].append(timed(mirror.sync))
     draw_rng = np.random.default_rng(1)
     for _ in range(DRAWS):
@@ -233,8 +239,7 @@ def bench_database(kind: str, pg_url: str, rows: int, reps: int) -> list[dict]:
             t0 = time.perf_counter()
             bulk_fill(engine, run_id, max(0, stage - have - warm * BATCH))
             for _ in range(warm):
-                arrays = make_batch(rng)
-                store.append(*arrays[:3], 0, *arrays[3:])
+                store.append(as_samples(make_batch(rng)))
             fill_s = time.perf_counter() - t0
             mirror = mirror or store.mirror("bench")
             mirror.sync()

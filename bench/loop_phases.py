@@ -1,4 +1,4 @@
-"""Where the inline runtime's step goes: each phase of `engine.inline.step_once` timed apart.
+"""Where the inline runtime's step goes: each phase of the driver's lock-step timed apart.
 
 The same two configs as bench/loop.py, on SQLite, with the inline runtime's store (group
 commit), recorder, checkpoints and purges. Milliseconds of wall time per step, per phase,
@@ -20,10 +20,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
-from falcon_lite.engine import inline, loop
+from falcon_lite.engine import loop
+from falcon_lite.engine.driver import PURGE_EVERY
+from falcon_lite.engine.recorder import Recorder
+from falcon_lite.engine.resume import load_state
 from falcon_lite.store import runs
+from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine, migrate, session_factory
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.store.dialects import dialect_for
 
 from loop import CONFIGS  # bench/loop.py's two configs
 
@@ -36,11 +40,11 @@ def phases(url: str, config: RunConfig) -> tuple[dict[str, float], float]:
     engine = make_engine(url)
     with session_factory(engine).begin() as s:
         run_id = runs.create_run(s, config).id
-    state = inline.load_state(engine, run_id)
+    state = load_state(engine, run_id)
     store = SampleStore(engine, run_id, loop.sizes_of(state), state.simulator.dim, config.estimator.dtype,
-                        group_commit_s=inline.GROUP_COMMIT_S)
+                        group_commit_s=dialect_for(engine).group_commit_s)
     mirror = store.mirror("phases")
-    recorder = inline.Recorder(engine, run_id, store=store)
+    recorder = Recorder(engine, run_id, store=store)
     spent = dict.fromkeys(PHASES, 0.0)
     skip = config.training.steps // 10
     clock = time.perf_counter
@@ -51,13 +55,13 @@ def phases(url: str, config: RunConfig) -> tuple[dict[str, float], float]:
         t0 = clock()
         proposed = loop.propose(state, state.next_proposal)
         t1 = clock()
-        x = loop.simulate(state.simulator, proposed, state.seed)
+        batch = loop.simulate(state.simulator, proposed, state.seed)
         t2 = clock()
-        result = loop.write(store, proposed, x)
+        delta = store.append(batch)
         t3 = clock()
-        loop.follow(state, mirror, proposed, x, result)
+        loop.follow(state, mirror, batch, delta)
         t4 = clock()
-        checks = loop.held_out(state, proposed, x)
+        checks = loop.held_out(state, batch)
         t5 = clock()
         stats = loop.train(state, mirror, step)
         state.step = step + 1
@@ -70,7 +74,7 @@ def phases(url: str, config: RunConfig) -> tuple[dict[str, float], float]:
         if state.step % config.training.checkpoint_every == 0:
             recorder.flush(state.step, state.to_bytes())
         t9 = clock()
-        if step % inline.PURGE_EVERY == 0:
+        if step % PURGE_EVERY == 0:
             store.purge()
         t10 = clock()
         for name, (a, b) in zip(PHASES, zip((t0, t1, t2, t3, t4, t5, t6, t7, t8, t9),

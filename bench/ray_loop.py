@@ -69,7 +69,7 @@ def rate(samples: list[tuple[float, int]], skip: int) -> float:
 def stored_total(engine, run_id: int, config: RunConfig) -> int:
     """Samples ever stored in the run (live + purged), from the store's maintained counts."""
     from falcon_lite.engine.loop import sizes_for
-    from falcon_lite.store.samples import SampleStore
+    from falcon_lite.store.buffer import SampleStore
 
     sizes = sizes_for(config, config.buffer.initial_fraction)
     return SampleStore(engine, run_id, sizes, config.dim).composition().total

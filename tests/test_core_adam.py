@@ -169,7 +169,8 @@ def test_a_run_does_not_import_dynamo(tmp_path):
     code = f"""
 import sys
 from falcon_lite.config import RunConfig, with_overrides
-from falcon_lite.engine.inline import load_state, run_inline
+from falcon_lite.engine.inline import run_inline
+from falcon_lite.engine.resume import load_state
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, migrate, session_factory
 url = "sqlite:///{tmp_path}/run.db"

@@ -15,7 +15,7 @@ from falcon_lite.engine.inline import run_inline
 from falcon_lite.engine.stress import run_stress
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, session_factory
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.store.buffer import SampleStore
 from falcon_lite.engine.loop import sizes_of
 from falcon_lite.engine.state import new_state
 
@@ -272,7 +272,8 @@ def test_adaptive_quota_config_is_validated():
 def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
     """Raised alarm -> the next batch draws the high share; the quota survives a checkpoint."""
     from falcon_lite.core.policy import Origin
-    from falcon_lite.engine.loop import Proposed, held_out, propose_from
+    from falcon_lite.core.samples import Samples
+    from falcon_lite.engine.loop import held_out, propose_from
     from falcon_lite.engine.state import restore
 
     config = small(**{"buffer.prior_fraction": "adaptive", "buffer.adaptive.low": 0.0,
@@ -288,16 +289,16 @@ def test_adaptive_quota_follows_the_alarm_and_is_checkpointed():
     state.alarm.armed = True  # a run that was healthy long enough; now fresh residuals far off
     theta = np.full((32, 1), 0.3) + np.linspace(-1e-6, 1e-6, 32)[:, None]
     x = theta + 1.0  # the estimate (untrained: mu(x) ~ 0) is off by far more than the spread
-    batch = Proposed(30, theta, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    batch = Samples(theta, x, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32), step=30)
     for _ in range(40):  # the alarm's moving average climbs past its threshold
-        checks = held_out(state, batch, x)
+        checks = held_out(state, batch)
     assert checks["alarm"] == 1.0 and state.prior_fraction == 0.5
     assert prior_rows(31) == 16
     again = restore(config, state.to_bytes())
     assert again.prior_fraction == 0.5
     state.alarm.armed = False  # cleared: the excess halves every half_life observations
-    held_out(state, batch, x)
-    held_out(state, batch, x)
+    held_out(state, batch)
+    held_out(state, batch)
     assert state.prior_fraction == pytest.approx(0.25)
 
 
@@ -307,7 +308,8 @@ def test_adaptive_rollback_restores_the_last_sound_state():
     import torch
 
     from falcon_lite.core.policy import Origin
-    from falcon_lite.engine.loop import SOUND_EVERY, Proposed, held_out
+    from falcon_lite.core.samples import Samples
+    from falcon_lite.engine.loop import SOUND_EVERY, held_out
     from falcon_lite.engine.state import restore
 
     config = small(**{"buffer.prior_fraction": "adaptive"})  # defaults: share 0 -> 0, rollback, lr x 0.1
@@ -316,10 +318,10 @@ def test_adaptive_rollback_restores_the_last_sound_state():
     x = np.linspace(-1.0, 1.0, 32)[:, None]
     mean, _ = state.estimator.posterior_batch(x)
     offsets = np.where(np.arange(32) % 2 == 0, 1e-3, -1e-3)[:, None]  # residual mean 0: z = 0
-    healthy = Proposed(30, mean + offsets, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    healthy = Samples(mean + offsets, x, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32), step=30)
     for step in range(150):  # armed after 100 healthy batches; a snapshot when first sound
         state.step = step
-        assert held_out(state, healthy, x)["rollbacks"] == 0.0
+        assert held_out(state, healthy)["rollbacks"] == 0.0
     assert state.alarm.sound and state.sound is not None
     kept_step = state.sound["step"]
     assert 100 <= kept_step and state.step - kept_step < SOUND_EVERY
@@ -329,10 +331,10 @@ def test_adaptive_rollback_restores_the_last_sound_state():
         for p in state.estimator.parameters():
             p.add_(0.05)
     state.optimizer.state.clear()
-    drifted = Proposed(31, mean + offsets, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32))
+    drifted = Samples(mean + offsets, x, np.full(32, Origin.PROPOSAL), np.zeros(32), np.zeros(32), step=31)
     for step in range(150, 400):
         state.step = step
-        checks = held_out(state, drifted, x)
+        checks = held_out(state, drifted)
         if checks["rollbacks"]:
             break
     assert checks["alarm"] == 1.0 and state.rollbacks == 1
@@ -370,7 +372,7 @@ def test_adaptive_run_records_its_quota_and_share(sqlite_url):
 
 def test_recorder_raises_an_event_per_rollback_and_none_on_resume(sqlite_url):
     """A resumed run's first row sets the baseline; each later increase is one `rollback` event."""
-    from falcon_lite.engine.inline import Recorder
+    from falcon_lite.engine.recorder import Recorder
 
     engine = make_engine(sqlite_url)
     with session_factory(engine).begin() as s:
@@ -388,7 +390,7 @@ def test_recorder_raises_an_event_per_rollback_and_none_on_resume(sqlite_url):
 def test_recorder_writes_the_first_row_at_once_then_every_max_seconds(sqlite_url):
     """A watcher sees the first step as soon as it is trained; later rows wait for the
     flush interval (or a checkpoint)."""
-    from falcon_lite.engine.inline import Recorder
+    from falcon_lite.engine.recorder import Recorder
 
     engine = make_engine(sqlite_url)
     with session_factory(engine).begin() as s:

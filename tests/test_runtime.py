@@ -143,12 +143,14 @@ def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
 
 
 def control_composition(control, run_id):
-    from falcon_lite.engine.inline import load_state
+    from dataclasses import asdict
+
     from falcon_lite.engine.loop import sizes_of
-    from falcon_lite.store.samples import SampleStore
+    from falcon_lite.engine.resume import load_state
+    from falcon_lite.store.buffer import SampleStore
 
     state = load_state(control.engine, run_id)
-    return SampleStore(control.engine, run_id, sizes_of(state), 1).composition().to_dict(0.0)
+    return asdict(SampleStore(control.engine, run_id, sizes_of(state), 1).composition())
 
 
 @only("sqlite")
@@ -305,7 +307,7 @@ simulator = make_simulator(config.simulator)
 prior = make_prior(config.prior, simulator.dim)
 for posterior in (None, (np.zeros(1), np.ones(1))):
     proposed = loop.propose_from(config, prior, 3, posterior, 0.2)
-    assert loop.simulate(simulator, proposed, 0).shape == proposed.theta.shape
+    assert loop.simulate(simulator, proposed, 0).x.shape == proposed.theta.shape
 print(sorted(m for m in sys.modules if m.partition(".")[0] == "torch")[:3])
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

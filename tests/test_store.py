@@ -15,13 +15,19 @@ from sqlalchemy.exc import DBAPIError
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.policy import Origin, Sizes
+from falcon_lite.core.samples import InvalidSamples, Samples
 from falcon_lite.store import runs
 from falcon_lite.store.db import MIGRATIONS_DIR, SCHEMA_REVISION, check_schema, make_engine, migrate, session_factory
-from falcon_lite.store.errors import ConflictError, InvalidSampleError, NotFoundError, SchemaError
+from falcon_lite.store.errors import ConflictError, NotFoundError, SchemaError
 from falcon_lite.store.models import Base, Run, Sample
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.store.buffer import SampleStore
 
 PRIOR, PROPOSAL = int(Origin.PRIOR), int(Origin.PROPOSAL)
+
+
+def append(store, theta, x, origin, step, log_q, log_prior):
+    """`store.append` of the samples these columns make (validated as `Samples`)."""
+    return store.append(Samples(theta, x, origin, log_q, log_prior, step=step))
 
 
 def new_run(engine, **buffer) -> int:
@@ -156,7 +162,7 @@ def test_run_lifecycle_and_listing(engine):
 def test_delete_run_needs_a_stopped_run_and_removes_everything(engine):
     run_id = new_run(engine, validation_size=2, min_training=4, max_training=4)
     store = SampleStore(engine, run_id, Sizes(2, 4, 4, 0.0), 1)
-    store.append(*batch(np.random.default_rng(0), 8)[:3], 0, *batch(np.random.default_rng(0), 8)[3:])
+    append(store, *batch(np.random.default_rng(0), 8)[:3], 0, *batch(np.random.default_rng(0), 8)[3:])
     mirror = store.mirror("trainer")
     factory = session_factory(engine)
     with factory.begin() as s:
@@ -237,22 +243,20 @@ def test_append_rotates_and_counts(engine):
     run_id = new_run(engine)
     store = SampleStore(engine, run_id, Sizes(validation_size=4, min_training=6, max_training=8), 2)
     rng = np.random.default_rng(1)
-    results = [store.append(*batch(rng, 5, dim=2)[:3], step, *batch(rng, 5, dim=2)[3:]) for step in range(4)]
-    assert [r.first_seq for r in results] == [0, 5, 10, 15]
+    results = [append(store, *batch(rng, 5, dim=2)[:3], step, *batch(rng, 5, dim=2)[3:]) for step in range(4)]
+    assert [int(r.rows.seq[0]) for r in results] == [0, 5, 10, 15]
     assert [r.version for r in results] == [1, 2, 3, 4]
-    assert all(r.accepted == 5 and r.rejected == 0 for r in results)
+    assert all(r.stored == 5 and r.rejected == 0 for r in results)
     comp = store.composition()
     n = {k: sum(v.values()) for k, v in comp.counts.items()}
     assert n == {"VALIDATION": 4, "TRAINING": 8, "DISFAVOURED": 0, "TOMBSTONE": 8}
     assert comp.total == 20 and comp.purged == 0 and comp.rejected == 0
     rows = db_rows(engine, run_id)
     assert [r.status for r in rows] == [3] * 8 + [1] * 8 + [0] * 4  # oldest evicted, newest validate
-    body = comp.to_dict(0.0)
-    assert set(body) == {"counts", "purged", "total", "prior_share_trainable", "prior_fraction"}
-    assert set(body["counts"]) == {"VALIDATION", "TRAINING", "DISFAVOURED", "TOMBSTONE"}
-    assert all(set(v) == {"prior", "proposal"} for v in body["counts"].values())
-    prior_pool = body["counts"]["TRAINING"]["prior"]
-    assert body["prior_share_trainable"] == pytest.approx(prior_pool / 8)
+    assert set(comp.counts) == {"VALIDATION", "TRAINING", "DISFAVOURED", "TOMBSTONE"}
+    assert all(set(v) == {"prior", "proposal"} for v in comp.counts.values())
+    prior_pool = comp.counts["TRAINING"]["prior"]
+    assert comp.prior_share_trainable == pytest.approx(prior_pool / 8)
     theta = np.frombuffer(rows[-1].theta, np.float64)
     assert theta.shape == (2,)
 
@@ -262,9 +266,9 @@ def test_rotate_after_sizes_change_and_disfavour(engine):
     store = SampleStore(engine, run_id, Sizes(0, 10, 10, 0.0), 1)
     rng = np.random.default_rng(2)
     theta, x, origin, lq, lp = batch(rng, 10, prior_share=0.0)
-    store.append(theta, x, origin, 0, lq, lp)
-    assert store.disfavour([0, 1, 2, 999]) == 3  # 999 does not exist: ignored
-    assert store.disfavour([0]) == 0  # already DISFAVOURED: ignored
+    append(store, theta, x, origin, 0, lq, lp)
+    assert store.disfavour([0, 1, 2, 999]).disfavoured == 3  # 999 does not exist: ignored
+    assert store.disfavour([0]).disfavoured == 0  # already DISFAVOURED: ignored
     assert [r.status for r in db_rows(engine, run_id)] == [2, 2, 2] + [1] * 7
     store.sizes = Sizes(0, 8, 10, 0.0)
     assert store.rotate() == 2  # DISFAVOURED beyond min_training go, oldest first
@@ -282,10 +286,10 @@ def test_quota_keeps_prior_samples_on_eviction(engine):
     store = SampleStore(engine, run_id, Sizes(0, 10, 10, 0.3), 1)
     rng = np.random.default_rng(3)
     theta, x, _, lq, lp = batch(rng, 10)
-    store.append(theta, x, np.array([PRIOR] * 3 + [PROPOSAL] * 7), 0, lq, lp)
+    append(store, theta, x, np.array([PRIOR] * 3 + [PROPOSAL] * 7), 0, lq, lp)
     for step in range(1, 5):
         theta, x, _, lq, lp = batch(rng, 10)
-        store.append(theta, x, np.full(10, PROPOSAL), step, lq, lp)
+        append(store, theta, x, np.full(10, PROPOSAL), step, lq, lp)
     comp = store.composition()
     assert comp.counts["TRAINING"] == {"prior": 3, "proposal": 7}
     assert comp.prior_share_trainable == pytest.approx(0.3)
@@ -294,7 +298,7 @@ def test_quota_keeps_prior_samples_on_eviction(engine):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda a: a.update(theta=a["theta"][:, None, :]), r"theta must have shape \(n, 1\), got \(4, 1, 1\)"),
+        (lambda a: a.update(theta=a["theta"][:, None, :]), r"theta must be a numpy array of shape \(n, d\), got shape \(4, 1, 1\)"),
         (lambda a: a.update(theta=np.zeros((4, 2))), r"theta must have shape \(n, 1\), got \(4, 2\)"),
         (lambda a: a.update(x=a["x"].astype(np.float32)), "x must have dtype float64, got float32"),
         (lambda a: a.update(x=a["x"][:3]), "x must have 4 rows like theta, got 3"),
@@ -312,12 +316,12 @@ def test_bad_input_is_refused_and_changes_nothing(engine, change, message):
     store = SampleStore(engine, run_id, Sizes(2, 2, 3, 0.5), 1)
     rng = np.random.default_rng(4)
     good = dict(zip(("theta", "x", "origin", "log_q", "log_prior"), batch(rng, 4)))
-    store.append(good["theta"], good["x"], good["origin"], 0, good["log_q"], good["log_prior"])
+    append(store, good["theta"], good["x"], good["origin"], 0, good["log_q"], good["log_prior"])
     before = (db_rows(engine, run_id), run_state(engine, run_id), store.composition())
     args = dict(good, step=1)
     change(args)
-    with pytest.raises(InvalidSampleError, match=message):
-        store.append(args["theta"], args["x"], args["origin"], args["step"], args["log_q"], args["log_prior"])
+    with pytest.raises(InvalidSamples, match=message):
+        append(store, args["theta"], args["x"], args["origin"], args["step"], args["log_q"], args["log_prior"])
     assert (db_rows(engine, run_id), run_state(engine, run_id), store.composition()) == before
 
 
@@ -328,8 +332,8 @@ def test_non_finite_rows_are_rejected_and_counted(engine):
     x = theta.copy()
     x[5, 0] = -np.inf
     log_q = np.array([0.0, 0.0, np.nan, 0.0, -np.inf, 0.0])  # NaN rejected; -inf is a valid log density
-    result = store.append(theta, x, np.ones(6, bool), 0, log_q, np.zeros(6))
-    assert (result.accepted, result.rejected, result.first_seq) == (2, 4, 0)
+    result = append(store, theta, x, np.ones(6, bool), 0, log_q, np.zeros(6))
+    assert (result.stored, result.rejected, int(result.rows.seq[0])) == (2, 4, 0)
     rows = db_rows(engine, run_id)
     assert [np.frombuffer(r.theta)[0] for r in rows] == [0.0, 2.0]
     assert [r.origin for r in rows] == [PRIOR, PRIOR]  # bool origin: True = prior
@@ -354,7 +358,7 @@ def test_unknown_run_and_bad_sizes(engine):
     with session_factory(engine).begin() as s:
         runs.delete_run(s, run_id)
     with pytest.raises(NotFoundError):
-        store.append(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, int), 0, np.zeros(1), np.zeros(1))
+        append(store, np.zeros((1, 1)), np.zeros((1, 1)), np.zeros(1, int), 0, np.zeros(1), np.zeros(1))
 
 
 def test_purge_respects_readers(engine):
@@ -362,28 +366,28 @@ def test_purge_respects_readers(engine):
     store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
     rng = np.random.default_rng(5)
 
-    def append(step):
-        return store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+    def add(step):
+        return append(store, *batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
 
-    append(0)
+    add(0)
     slow = store.mirror("slow", heartbeat_s=0)  # at version 1; every sync records its version
-    append(1)  # rows 0, 1 -> TOMBSTONE at version 2
+    add(1)  # rows 0, 1 -> TOMBSTONE at version 2
     fast = store.mirror("fast", heartbeat_s=0)
-    assert store.purge() == 0  # "slow" has not seen version 2
+    assert store.purge().purged == 0  # "slow" has not seen version 2
     slow.sync()
-    assert store.purge() == 2
-    append(2)
+    assert store.purge().purged == 2
+    add(2)
     slow.heartbeat()
-    assert store.purge() == 0  # fast is at version 2, the new tombstones are version 3
+    assert store.purge().purged == 0  # fast is at version 2, the new tombstones are version 3
     fast.close()
     slow.sync()
-    assert store.purge() == 2
+    assert store.purge().purged == 2
     comp = store.composition()
     assert comp.purged == 4 and comp.total == 6
     assert sum(comp.counts["TOMBSTONE"].values()) == 0
     # a reader silent for too long is dropped; it reloads in full at its next sync
-    append(3)
-    assert store.purge(reader_timeout_s=0) == 2
+    add(3)
+    assert store.purge(reader_timeout_s=0).purged == 2
     slow.sync()
     assert list(slow.seq) == [6, 7] and list(slow.status) == [1, 1]
 
@@ -397,17 +401,17 @@ def test_sync_records_the_reader_version_at_most_every_heartbeat(engine):
     run_id = new_run(engine)
     store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
     rng = np.random.default_rng(7)
-    store.append(*batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
     lazy = store.mirror("lazy", heartbeat_s=3600)
     assert reader_versions(engine, run_id) == {"lazy": 1}
-    store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
     assert lazy.sync() == 4 and lazy.version == 2
     assert reader_versions(engine, run_id) == {"lazy": 1}  # read-only sync
     other = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)  # e.g. another process
-    assert other.purge() == 0  # the recorded version protects the tombstones it may not have seen
+    assert other.purge().purged == 0  # the recorded version protects the tombstones it may not have seen
     lazy.heartbeat()
     assert reader_versions(engine, run_id) == {"lazy": 2}
-    assert other.purge() == 2
+    assert other.purge().purged == 2
 
 
 def test_purge_frees_what_a_mirror_in_this_process_has_applied(engine):
@@ -417,11 +421,11 @@ def test_purge_frees_what_a_mirror_in_this_process_has_applied(engine):
     trainer = store.mirror("trainer", heartbeat_s=3600)
     for step in range(3):
         arrays = batch(rng, 2)
-        trainer.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+        trainer.apply(append(store, *arrays[:3], step, *arrays[3:]))
     assert reader_versions(engine, run_id) == {"trainer": 0}
     other = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
-    assert other.purge() == 0  # another store object does not know the mirror
-    assert store.purge() == 4  # the mirror's version is recorded first
+    assert other.purge().purged == 0  # another store object does not know the mirror
+    assert store.purge().purged == 4  # the mirror's version is recorded first
     assert reader_versions(engine, run_id) == {"trainer": 3}
     trainer.sync()
     assert list(trainer.seq) == [4, 5]
@@ -437,8 +441,8 @@ def test_mirror_follows_appends_and_draws_with_the_quota(engine):
     for step in range(12):
         arrays = batch(rng, 10, dim=2, prior_share=0.1 if step else 0.5, dtype=np.float32)
         arrays[0][0, 0] = np.nan if step == 3 else arrays[0][0, 0]
-        result = store.append(arrays[0], arrays[1], arrays[2], step, arrays[3], arrays[4])
-        applied.apply(result, *arrays)
+        result = append(store, arrays[0], arrays[1], arrays[2], step, arrays[3], arrays[4])
+        applied.apply(result)
         if step % 3 == 0:
             store.disfavour(applied.seq[applied.status == 1][:2])
         synced.sync()
@@ -481,8 +485,8 @@ def test_two_store_objects_on_one_run_agree_with_one(engine):
     rng = np.random.default_rng(9)
     for step, writer in enumerate([a, b, a, a, b, b, a, b]):
         arrays = batch(rng, 3)
-        one.append(*arrays[:3], step, *arrays[3:])
-        writer.append(*arrays[:3], step, *arrays[3:])
+        append(one, *arrays[:3], step, *arrays[3:])
+        append(writer, *arrays[:3], step, *arrays[3:])
         if step == 4:
             one.disfavour([4, 5, 6, 7])
             a.disfavour([4, 5, 6, 7])
@@ -501,7 +505,7 @@ def test_concurrent_writers_serialize(engine):
             store = SampleStore(engine, run_id, sizes, 1)
             rng = np.random.default_rng(seed)
             for step in range(15):
-                store.append(*batch(rng, 7)[:3], step, *batch(rng, 7)[3:])
+                append(store, *batch(rng, 7)[:3], step, *batch(rng, 7)[3:])
                 if step % 5 == 4:
                     store.purge()
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -536,7 +540,7 @@ def test_mirror_sync_sees_whole_changes_while_a_writer_appends(engine):
         try:
             rng = np.random.default_rng(10)
             for step in range(40):
-                writer_store.append(*batch(rng, 5)[:3], step, *batch(rng, 5)[3:])
+                append(writer_store, *batch(rng, 5)[:3], step, *batch(rng, 5)[3:])
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
         finally:
@@ -586,7 +590,7 @@ def test_group_commit_holds_changes_until_commit(engine):
     rng = np.random.default_rng(11)
     for step in range(3):
         arrays = batch(rng, 3)
-        mirror.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+        mirror.apply(append(store, *arrays[:3], step, *arrays[3:]))
     assert db_rows(engine, run_id) == [] and run_state(engine, run_id)[1] == 0  # nothing committed yet
     assert mirror.version == 3 and mirror.size == 6  # the mirror follows the held changes
     store.commit()
@@ -601,10 +605,10 @@ def test_group_commit_commits_once_its_time_is_up(engine):
     run_id = new_run(engine)
     store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1, group_commit_s=0.05)
     rng = np.random.default_rng(12)
-    store.append(*batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
     assert stored_steps(engine, run_id) == []
     time.sleep(0.06)
-    store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])  # the group is older than 0.05 s: it commits
+    append(store, *batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])  # the group is older than 0.05 s: it commits
     assert stored_steps(engine, run_id) == [0, 1]
 
 
@@ -615,20 +619,20 @@ def test_everything_else_the_store_writes_commits_the_group_first(engine):
     store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1, group_commit_s=3600)
     rng = np.random.default_rng(13)
     for step in range(2):
-        store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
-    assert store.purge() == 2 and stored_steps(engine, run_id) == [1]
-    store.append(*batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])
+        append(store, *batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+    assert store.purge().purged == 2 and stored_steps(engine, run_id) == [1]
+    append(store, *batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])
     mirror = store.mirror("m", heartbeat_s=3600)
     assert stored_steps(engine, run_id) == [1, 2] and mirror.version == 3
-    store.append(*batch(rng, 2)[:3], 3, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 3, *batch(rng, 2)[3:])
     mirror.sync()
     assert mirror.version == 4 and stored_steps(engine, run_id) == [1, 2, 3]
-    store.append(*batch(rng, 2)[:3], 4, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 4, *batch(rng, 2)[3:])
     assert store.composition().total == 10
-    store.append(*batch(rng, 2)[:3], 5, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 5, *batch(rng, 2)[3:])
     mirror.heartbeat()
     assert stored_steps(engine, run_id)[-1] == 5
-    store.append(*batch(rng, 2)[:3], 6, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 6, *batch(rng, 2)[3:])
     mirror.close()
     assert stored_steps(engine, run_id)[-1] == 6
     check_conserved(engine, run_id, store)
@@ -642,11 +646,11 @@ def test_settled_keeps_another_threads_changes_out_until_it_ends(engine):
     run_id = new_run(engine)
     store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1, group_commit_s=3600)
     rng = np.random.default_rng(20)
-    store.append(*batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
+    append(store, *batch(rng, 2)[:3], 0, *batch(rng, 2)[3:])
     appended = threading.Event()
 
     def other():
-        store.append(*batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
+        append(store, *batch(rng, 2)[:3], 1, *batch(rng, 2)[3:])
         appended.set()
 
     thread = threading.Thread(target=other, daemon=True)
@@ -684,7 +688,7 @@ def test_housekeeping_from_another_thread_while_one_appends_in_a_group(engine):
     thread.start()
     step = 0
     while thread.is_alive() and step < 10_000:
-        store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+        append(store, *batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
         step += 1
     thread.join(timeout=60)
     assert not thread.is_alive() and errors == []
@@ -703,16 +707,16 @@ def test_a_lost_connection_drops_the_group_and_the_store_goes_on(engine):
     rng = np.random.default_rng(18)
     for step in range(2):
         arrays = batch(rng, 2)
-        mirror.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+        mirror.apply(append(store, *arrays[:3], step, *arrays[3:]))
     with engine.connect() as admin:  # the server ends every other session of this database
         admin.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
     with pytest.raises(DBAPIError):
-        store.append(*batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])
+        append(store, *batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])
     assert mirror.stale and stored_steps(engine, run_id) == []
     engine.dispose()  # the pool's other connections died too
     arrays = batch(rng, 2)
-    mirror.apply(store.append(*arrays[:3], 3, *arrays[3:]), *arrays)
+    mirror.apply(append(store, *arrays[:3], 3, *arrays[3:]))
     store.commit()
     assert stored_steps(engine, run_id) == [3] and run_state(engine, run_id)[:3] == (2, 1, 2)
     check_conserved(engine, run_id, store)
@@ -724,7 +728,7 @@ def test_purge_refuses_counts_that_disagree_with_the_rows(engine):
     store = SampleStore(engine, run_id, Sizes(0, 2, 2, 0.0), 1)
     rng = np.random.default_rng(19)
     for step in range(2):
-        store.append(*batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
+        append(store, *batch(rng, 2)[:3], step, *batch(rng, 2)[3:])
     with engine.begin() as conn:  # damage the bookkeeping: one TOMBSTONE too many
         conn.execute(text("UPDATE status_counts SET n = n + 1 WHERE run_id = :r AND status = 3 AND origin = 0"),
                      {"r": run_id})
@@ -764,9 +768,9 @@ def test_a_change_that_fails_in_a_group_is_undone_alone(engine):
         arrays = batch(rng, 2)
         if step == 13:
             with pytest.raises(DBAPIError, match="injected failure"):
-                store.append(*arrays[:3], step, *arrays[3:])
+                append(store, *arrays[:3], step, *arrays[3:])
             continue
-        mirror.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+        mirror.apply(append(store, *arrays[:3], step, *arrays[3:]))
     store.commit()
     assert stored_steps(engine, run_id) == [0, 1, 2]
     assert run_state(engine, run_id)[:3] == (6, 3, 6)  # next_seq, version, appended: as if 13 never came
@@ -784,11 +788,11 @@ def test_a_group_whose_commit_fails_is_lost_and_its_mirrors_reload(engine):
     mirror = store.mirror("trainer", heartbeat_s=3600)
     rng = np.random.default_rng(15)
     arrays = batch(rng, 2)
-    mirror.apply(store.append(*arrays[:3], 0, *arrays[3:]), *arrays)
+    mirror.apply(append(store, *arrays[:3], 0, *arrays[3:]))
     store.commit()
     for step in (1, 13):
         arrays = batch(rng, 2)
-        mirror.apply(store.append(*arrays[:3], step, *arrays[3:]), *arrays)
+        mirror.apply(append(store, *arrays[:3], step, *arrays[3:]))
     assert mirror.version == 3 and mirror.size == 4
     with pytest.raises(DBAPIError, match="injected failure"):
         store.commit()
@@ -796,7 +800,7 @@ def test_a_group_whose_commit_fails_is_lost_and_its_mirrors_reload(engine):
     mirror.sync()  # reloads in full
     assert not mirror.stale and list(mirror.seq) == [0, 1] and mirror.version == 1
     arrays = batch(rng, 2)
-    mirror.apply(store.append(*arrays[:3], 2, *arrays[3:]), *arrays)  # the store goes on
+    mirror.apply(append(store, *arrays[:3], 2, *arrays[3:]))  # the store goes on
     store.commit()
     assert stored_steps(engine, run_id) == [0, 2]
     check_conserved(engine, run_id, store)
@@ -807,13 +811,14 @@ _CRASHER = """
 import os, sys
 import numpy as np
 from falcon_lite.core.policy import Sizes
+from falcon_lite.core.samples import Samples
 from falcon_lite.store.db import make_engine
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.store.buffer import SampleStore
 store = SampleStore(make_engine(sys.argv[1]), int(sys.argv[2]), Sizes(0, 4, 4, 0.0), 1, group_commit_s=3600)
 rng = np.random.default_rng(0)
 for step in range(4):
     theta = rng.normal(size=(3, 1))
-    store.append(theta, theta, np.ones(3, int), step, np.zeros(3), np.zeros(3))
+    store.append(Samples(theta, theta, np.ones(3, int), np.zeros(3), np.zeros(3), step=step))
     if step == 1:
         store.commit()
 print("held", flush=True)
@@ -834,7 +839,7 @@ def test_a_crash_loses_only_what_was_not_committed(engine, db_url):
     store = SampleStore(engine, run_id, Sizes(0, 4, 4, 0.0), 1)
     check_conserved(engine, run_id, store)
     rng = np.random.default_rng(16)
-    store.append(*batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])  # the dead group holds no lock
+    append(store, *batch(rng, 2)[:3], 2, *batch(rng, 2)[3:])  # the dead group holds no lock
     assert stored_steps(engine, run_id) == [0, 1, 2] and run_state(engine, run_id)[:3] == (8, 3, 8)
 
 
@@ -857,11 +862,11 @@ def test_event_data_with_non_finite_numbers_is_stored_as_null(engine):
 
 
 def test_moves_go_as_ranges_of_consecutive_seqs_with_one_move():
-    from falcon_lite.store.samples import _move_ranges
+    from falcon_lite.store.sql_sqlite import move_ranges
 
     seqs = np.array([7, 3, 4, 5, 9, 10, 11])
     olds = np.array([1, 1, 1, 2, 1, 1, 1])
     news = np.array([3, 3, 3, 3, 3, 2, 2])
     # (new, version, run, first, last, old): 3-4 one move, 5 another old, 7 alone, 9 / 10-11 split by new
-    assert list(_move_ranges(1, 8, seqs, olds, news)) == [
+    assert list(move_ranges(1, 8, seqs, olds, news)) == [
         (3, 8, 1, 3, 4, 1), (3, 8, 1, 5, 5, 2), (3, 8, 1, 7, 7, 1), (3, 8, 1, 9, 9, 1), (2, 8, 1, 10, 11, 1)]

@@ -30,10 +30,11 @@ from sqlalchemy import select
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.policy import Origin, Sizes, required_prior
+from falcon_lite.core.samples import InvalidSamples, Samples
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
 from falcon_lite.store.models import Run, Sample, StatusCount
-from falcon_lite.store.samples import SampleStore
+from falcon_lite.store.buffer import SampleStore
 
 PRIOR = int(Origin.PRIOR)
 FRACTIONS = (0.0, 0.2, 0.5, 1.0)
@@ -43,6 +44,11 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+def append(store, theta, x, origin, step, log_q, log_prior):
+    """`store.append` of the samples these columns make (validated as `Samples`)."""
+    return store.append(Samples(theta, x, origin, log_q, log_prior, step=step))
 
 
 @st.composite
@@ -81,14 +87,14 @@ def make_machine(engine, group_commit_s: float = 0.0):
             origin = np.where(self.rng.random(n) < prior_share, 0, 1)
             log_q, log_prior = self.rng.normal(size=n), self.rng.normal(size=n)
             before = self.snapshot()
-            result = self.store.append(theta, theta * 2, origin, 0, log_q, log_prior)
+            result = append(self.store, theta, theta * 2, origin, 0, log_q, log_prior)
             n_bad = min(n_bad, n)
-            assert (result.accepted, result.rejected) == (n - n_bad, n_bad)
-            self.accepted += result.accepted
+            assert (result.stored, result.rejected) == (n - n_bad, n_bad)
+            self.accepted += result.stored
             self.rejected += result.rejected
             for m in self.mirrors.values():
                 if m.version == result.version - 1:
-                    m.apply(result, theta, theta * 2, origin, log_q, log_prior)
+                    m.apply(result)
                     self.check_mirror(m)
             self.after_change(before)
 
@@ -102,12 +108,12 @@ def make_machine(engine, group_commit_s: float = 0.0):
                 theta = self.rng.normal(size=(n, 2))
                 origin = np.where(self.rng.random(n) < prior_share, 0, 1)
                 log_q, log_prior = self.rng.normal(size=n), self.rng.normal(size=n)
-                result = self.store.append(theta, theta * 2, origin, 0, log_q, log_prior)
-                assert (result.accepted, result.rejected) == (n, 0)
+                result = append(self.store, theta, theta * 2, origin, 0, log_q, log_prior)
+                assert (result.stored, result.rejected) == (n, 0)
                 self.accepted += n
                 for m in self.mirrors.values():
                     if m.version == result.version - 1:
-                        m.apply(result, theta, theta * 2, origin, log_q, log_prior)
+                        m.apply(result)
                 results.append(result)
             assert [r.version for r in results] == list(range(results[0].version, results[0].version + len(sizes)))
             self.after_change(before, quota=False)
@@ -121,7 +127,7 @@ def make_machine(engine, group_commit_s: float = 0.0):
             seqs = data.draw(st.lists(st.sampled_from(live), max_size=4)) if live else []
             before = self.snapshot()
             training = {s for s in seqs if before[s][0] == 1}
-            assert self.store.disfavour(seqs) == len(training)
+            assert self.store.disfavour(seqs).disfavoured == len(training)
             after = self.snapshot()
             assert all(after[s][0] >= 2 for s in training)
             self.after_change(before, after)
@@ -136,7 +142,7 @@ def make_machine(engine, group_commit_s: float = 0.0):
         @rule(timeout=st.sampled_from((600.0, 0.0)))
         def purge(self, timeout: float) -> None:
             before = self.snapshot()
-            n = self.store.purge(reader_timeout_s=timeout)
+            n = self.store.purge(reader_timeout_s=timeout).purged
             after = self.snapshot()
             gone = set(before) - set(after)
             assert len(gone) == n and all(before[s][0] == 3 for s in gone)

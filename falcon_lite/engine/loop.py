@@ -8,7 +8,6 @@ write start without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,55 +15,52 @@ import numpy as np
 from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
+from falcon_lite.core.protocols import Prior, Simulator
+from falcon_lite.core.samples import Delta, Samples, finite_rows
 from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
 
 if TYPE_CHECKING:
+    from falcon_lite.config import RunConfig
     from falcon_lite.engine.state import RunState
+    from falcon_lite.store.buffer import SampleStore
+    from falcon_lite.store.mirror import Mirror
+
+Posterior = tuple[np.ndarray, np.ndarray]  # (mean (D,), var (D,)) at x_obs
 
 
 class RunDiverged(RuntimeError):
     """The estimate became non-finite (or its variance zero): the run cannot go on."""
 
 
-@dataclass
-class Proposed:
-    """Parameters drawn for one step, with where each came from."""
-
-    step: int
-    theta: np.ndarray  # (n, D)
-    origin: np.ndarray  # (n,) Origin
-    log_q: np.ndarray  # (n,) log density of the distribution each row was drawn from
-    log_prior: np.ndarray  # (n,)
-
-
 def sizes_of(state: RunState) -> Sizes:
     return sizes_for(state.config, state.prior_fraction)
 
 
-def sizes_for(config, prior_fraction: float) -> Sizes:
+def sizes_for(config: RunConfig, prior_fraction: float) -> Sizes:
     b = config.buffer
     return Sizes(b.validation_size, b.min_training, b.max_training, prior_fraction)
 
 
-def posterior_at_obs(state: RunState) -> tuple[np.ndarray, np.ndarray]:
+def posterior_at_obs(state: RunState) -> Posterior:
     """The learned posterior (mean, var) at x_obs with the current weights (read-only arrays).
 
-    For the NPE estimator one forward pass per optimizer step: `diagnose` after step s and the
-    proposal of step s + 1 see the same weights, so the second reuses the first's result until
-    `train` changes them. (An NLE posterior moves its MAP warm start, so it is not reused.)
+    For an amortized estimator one forward pass per optimizer step: `diagnose` after step s and
+    the proposal of step s + 1 see the same weights, so the second reuses the first's result
+    until `train` changes them. (A likelihood estimator's posterior moves its MAP warm start,
+    so it is not reused.)
     """
     cached = state.at_obs
     if cached is not None and cached[0] == state.step:
         return cached[1], cached[2]
     mean, var = state.estimator.posterior(state.simulator.x_obs)
-    if state.config.estimator.name == "gaussian_ema":
+    if state.estimator.amortized:
         mean.setflags(write=False)
         var.setflags(write=False)
         state.at_obs = (state.step, mean, var)
     return mean, var
 
 
-def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] | None:
+def posterior_for(state: RunState, step: int) -> Posterior | None:
     """The posterior (mean, var) at x_obs that steers step `step`; None during the prior-only warm-up."""
     if step < state.config.training.warmup_steps:
         return None
@@ -74,7 +70,7 @@ def posterior_for(state: RunState, step: int) -> tuple[np.ndarray, np.ndarray] |
     return mean, var
 
 
-def propose_from(config, prior, step: int, posterior: tuple | None, fraction: float) -> Proposed:
+def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | None, fraction: float) -> Samples:
     """Draw step `step`'s parameters for a run of `config`: the prior share by the quota
     `fraction`, the rest from N(mean, var * T).
 
@@ -92,51 +88,42 @@ def propose_from(config, prior, step: int, posterior: tuple | None, fraction: fl
         prior, proposal, n, n_prior,
         rng(seed, PRIOR, step) if n_prior else None, rng(seed, PROPOSAL, step) if n_prior < n else None,
     )
-    return Proposed(step, theta, origin, log_q, log_prior)
+    return Samples(theta, None, origin, log_q, log_prior, step=step)
 
 
-def propose(state: RunState, step: int) -> Proposed:
+def propose(state: RunState, step: int) -> Samples:
     return propose_from(state.config, state.prior, step, posterior_for(state, step), state.prior_fraction)
 
 
-def simulate(simulator, proposed: Proposed, seed: int) -> np.ndarray:
+def simulate(simulator: Simulator, proposed: Samples, seed: int) -> Samples:
     """Run the simulator on a step's parameters with that step's noise stream."""
-    return simulator(proposed.theta, rng(seed, NOISE, proposed.step))
+    return proposed.with_x(simulator(proposed.theta, rng(seed, NOISE, proposed.step)))
 
 
-def ingest(state: RunState, store, mirror, proposed: Proposed, x: np.ndarray):
-    """Append a simulated batch to the buffer (one transaction) and mirror it without a query."""
-    return follow(state, mirror, proposed, x, write(store, proposed, x))
+def follow(state: RunState, mirror: Mirror, batch: Samples, delta: Delta) -> Delta:
+    """Take a stored batch into the mirror (without a query when `delta` is the change after
+    the mirror's version) and into the run's counters."""
+    mirror.apply(delta)
+    state.drawn_prior += int(np.count_nonzero(batch.origin == Origin.PRIOR))
+    state.drawn_total += len(batch)
+    state.next_proposal = max(state.next_proposal, batch.step + 1)
+    return delta
 
 
-def write(store, proposed: Proposed, x: np.ndarray):
-    """Append a simulated batch to the buffer: one transaction, rotation included."""
-    return store.append(proposed.theta, x, proposed.origin, proposed.step, proposed.log_q, proposed.log_prior)
-
-
-def follow(state: RunState, mirror, proposed: Proposed, x: np.ndarray, result):
-    """Take a stored batch into the mirror (without a query when `result` is the mirror's
-    next version) and into the run's counters."""
-    mirror.apply(result, proposed.theta, x, proposed.origin, proposed.log_q, proposed.log_prior)
-    state.drawn_prior += int(np.count_nonzero(proposed.origin == Origin.PRIOR))
-    state.drawn_total += len(proposed.origin)
-    state.next_proposal = max(state.next_proposal, proposed.step + 1)
-    return result
-
-
-def held_out(state: RunState, proposed: Proposed, x: np.ndarray) -> dict:
+def held_out(state: RunState, batch: Samples) -> dict:
     """Ground-truth-free checks on a fresh batch before it is trained on: the explosion
     alarm (core/alarm.py) and the expected coverage of the current posterior, both from one
     forward pass over the batch.
 
-    Only for the NPE estimator (an NLE posterior at every x would need a MAP fit each).
+    Only for an amortized estimator (a likelihood estimator's posterior at every x would
+    need a MAP fit each).
     """
-    if state.config.estimator.name != "gaussian_ema":
+    if not state.estimator.amortized:
         return {}
-    keep = (proposed.origin == Origin.PROPOSAL) & np.isfinite(x).all(axis=1)
+    keep = (batch.origin == Origin.PROPOSAL) & finite_rows(batch.x)
     if np.count_nonzero(keep) < 2:
         return {}
-    theta, x = proposed.theta[keep], x[keep]
+    theta, x = batch.theta[keep], batch.x[keep]
     mean, var = state.estimator.posterior_batch(x)  # (no grad)
     z = float(np.max(alarm.residual_z(theta, mean)))
     raised = state.alarm.observe(z)
@@ -165,15 +152,15 @@ def respond(state: RunState, raised: bool) -> None:
         state.keep_sound()
 
 
-def train_and_diagnose(state: RunState, store, mirror, step: int, checks: dict | None = None) -> dict | None:
+def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step: int,
+                       checks: dict | None = None) -> dict | None:
     """Disfavour stale proposal samples, take one optimizer step, and return the metrics row
     (with the held-out `checks` of the step's fresh batch) when diagnostics are due."""
     if store.sizes.prior_fraction != state.prior_fraction:  # the adaptive quota moved
         store.sizes = sizes_of(state)
     seqs = disfavoured(state, mirror, step)
     if len(seqs):
-        store.disfavour(seqs)
-        mirror.sync()
+        mirror.apply(store.disfavour(seqs))
     stats = train(state, mirror, step)
     state.step = step + 1
     every = state.config.training.diagnostics_every
@@ -184,7 +171,7 @@ def train_and_diagnose(state: RunState, store, mirror, step: int, checks: dict |
     return None
 
 
-def train(state: RunState, mirror, step: int) -> dict:
+def train(state: RunState, mirror: Mirror, step: int) -> dict:
     """One optimizer step on a batch drawn from the mirror of the trainable pool.
 
     While the pool is still empty (VALIDATION fills first) there is nothing to train on.
@@ -201,7 +188,7 @@ def train(state: RunState, mirror, step: int) -> dict:
     return train_step(state.estimator, state.optimizer, batch, validation)
 
 
-def disfavoured(state: RunState, mirror, step: int) -> np.ndarray:
+def disfavoured(state: RunState, mirror: Mirror, step: int) -> np.ndarray:
     """Seqs of trainable proposal samples whose log q ratio fell below the configured threshold."""
     threshold = state.config.proposal.discard_log_ratio
     posterior = None if threshold is None else posterior_for(state, step)
@@ -214,7 +201,7 @@ def disfavoured(state: RunState, mirror, step: int) -> np.ndarray:
     return pool.seq[mask]
 
 
-def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
+def diagnose(state: RunState, step: int, stats: dict, mirror: Mirror) -> dict:
     """The step's metrics row: the estimate against the truth, the loss, and the buffer's mix."""
     mean, var = posterior_at_obs(state)
     true_mean, true_std = state.truth
@@ -230,7 +217,7 @@ def diagnose(state: RunState, step: int, stats: dict, mirror) -> dict:
     return row
 
 
-def pool_mix(mirror) -> dict:
+def pool_mix(mirror: Mirror) -> dict:
     """The buffer's live composition as the trainer sees it (no query, no copy)."""
     n, n_prior = mirror.trainable_size, mirror.trainable_prior_size
     return {

@@ -19,6 +19,7 @@ from falcon_lite.core.alarm import Alarm
 from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.priors import make_prior
+from falcon_lite.core.protocols import Estimator, Prior, Simulator
 from falcon_lite.core.simulators import make_simulator
 from falcon_lite.core.training import Optimizer, make_optimizer
 from falcon_lite.engine.streams import INIT, rng
@@ -29,9 +30,9 @@ class RunState:
     """What the trainer holds for one run; `to_bytes`/`from_bytes` make the checkpoint."""
 
     config: RunConfig
-    simulator: object
-    prior: object
-    estimator: torch.nn.Module
+    simulator: Simulator
+    prior: Prior
+    estimator: Estimator
     optimizer: Optimizer
     step: int = 0  # optimizer steps taken
     next_proposal: int = 0  # the step index of the next batch of simulations
@@ -107,10 +108,8 @@ def new_state(config: RunConfig) -> RunState:
     simulator = make_simulator(config.simulator)
     prior = make_prior(config.prior, simulator.dim)
     generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
-    est_cfg = config.estimator
-    if est_cfg.residual_base == "auto" and est_cfg.name == "gaussian_ema":  # the simulator's known inverse
-        est_cfg = est_cfg.model_copy(update={"residual_base": simulator.residual_base})
-    estimator = make_estimator(est_cfg, simulator.dim, prior, generator=generator)
+    estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator,
+                               residual_base=simulator.residual_base)
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
     quota = None

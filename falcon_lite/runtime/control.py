@@ -19,9 +19,7 @@ from falcon_lite.settings import Settings, get_settings
 from falcon_lite.store import runs
 from falcon_lite.store.db import check_schema, make_engine, session_factory
 from falcon_lite.store.errors import ConflictError
-
-ACTIVE = ("running", "stopping")
-TERMINAL = ("stopped", "completed", "failed")
+from falcon_lite.store.status import ACTIVE, RunStatus
 
 
 def supervisor_name(run_id: int) -> str:
@@ -90,7 +88,7 @@ class RunControl:
             return False
 
     def _launch(self, run_id: int) -> None:
-        from falcon_lite.runtime.actors import Supervisor
+        from falcon_lite.runtime.supervisor import Supervisor
 
         old = self._supervisor(run_id)
         if old is not None:
@@ -120,12 +118,12 @@ class RunControl:
             status = runs.get_run(session, run_id).status
         if status in ACTIVE and self._alive(run_id):
             return
-        if status == "completed":
+        if status == RunStatus.COMPLETED:
             raise ConflictError(f"run {run_id} is completed; there is nothing to resume")
         with self.sessions.begin() as session:
             if status in ACTIVE:  # its supervisor is gone: say so before starting again
-                runs.set_status(session, run_id, "failed", reason="supervisor lost")
-            runs.set_status(session, run_id, "running")
+                runs.set_status(session, run_id, RunStatus.FAILED, reason="supervisor lost")
+            runs.set_status(session, run_id, RunStatus.RUNNING)
         self._launch(run_id)
 
     resume = start
@@ -134,15 +132,15 @@ class RunControl:
         """Ask a run to stop gracefully (flush, checkpoint, `stopped`); idempotent."""
         with self.sessions.begin() as session:
             status = runs.get_run(session, run_id).status
-            if status in TERMINAL or status == "pending":  # nothing runs: nothing to stop
+            if status not in ACTIVE:  # nothing runs: nothing to stop
                 return
         actor = self._supervisor(run_id)
         if actor is None or not self._alive(run_id):
             self.reconcile(run_id)
             return
         with self.sessions.begin() as session:
-            if runs.get_run(session, run_id).status == "running":
-                runs.set_status(session, run_id, "stopping")
+            if runs.get_run(session, run_id).status == RunStatus.RUNNING:
+                runs.set_status(session, run_id, RunStatus.STOPPING)
         actor.stop.remote()
 
     def reconcile(self, run_id: int) -> str:
@@ -154,7 +152,7 @@ class RunControl:
             with self.sessions.begin() as session:
                 run = runs.get_run(session, run_id)
                 if run.status in ACTIVE:  # re-read: it may have finished meanwhile
-                    runs.set_status(session, run_id, "failed", reason="supervisor lost: the process died")
+                    runs.set_status(session, run_id, RunStatus.FAILED, reason="supervisor lost: the process died")
                 status = run.status
         return status
 
@@ -163,7 +161,7 @@ class RunControl:
         default's Ray instance ended with the process that owned it); returns their ids."""
         with self.sessions.begin() as session:
             active = [r.id for r in runs.list_runs(session, limit=10_000)[0] if r.status in ACTIVE]
-        return [run_id for run_id in active if self.reconcile(run_id) == "failed"]
+        return [run_id for run_id in active if self.reconcile(run_id) == RunStatus.FAILED]
 
     def delete(self, run_id: int) -> None:
         with self.sessions.begin() as session:
@@ -179,7 +177,7 @@ class RunControl:
 
     def posterior_samples(self, run_id: int, n: int, seed: int = 0) -> np.ndarray:
         """n draws from the run's current estimate (its newest checkpoint)."""
-        from falcon_lite.engine.inline import load_state
+        from falcon_lite.engine.resume import load_state
 
         state = load_state(self.engine, run_id)
         mean, var = state.estimator.posterior(state.simulator.x_obs)
@@ -204,7 +202,7 @@ class RunControl:
         with self.sessions.begin() as session:
             total = RunConfig.model_validate(runs.get_run(session, run_id).config).training.steps
         bar = tqdm(total=total, unit="step", disable=not progress)
-        status = "running"
+        status = RunStatus.RUNNING
         while status in ACTIVE:
             status = self.wait(run_id, timeout=1.0)
             with self.sessions.begin() as session:

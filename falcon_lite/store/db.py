@@ -21,9 +21,13 @@ transaction's reads see one snapshot. A connection with the execution option
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -83,13 +87,29 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
 def writer(engine: Engine) -> Engine:
-    """The engine whose SQLite transactions take the write lock at BEGIN."""
-    return engine.execution_options(sqlite_begin="IMMEDIATE") if is_sqlite(engine) else engine
+    """The engine whose SQLite transactions take the write lock at BEGIN (`sqlite_begin` is
+    an option of this module's SQLite engines alone: PostgreSQL ignores it)."""
+    return engine.execution_options(sqlite_begin="IMMEDIATE")
+
+
+@contextmanager
+def driver_cursor(conn: Connection) -> Iterator[Any]:
+    """A DBAPI cursor inside `conn`'s transaction, for the hot path (no per-statement SQLAlchemy
+    work); driver errors come out as SQLAlchemy's `DBAPIError` subclasses, as from `execute`."""
+    cursor = conn.connection.cursor()
+    try:
+        yield cursor
+    except conn.dialect.loaded_dbapi.Error as exc:
+        raise DBAPIError.instance(None, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect) from exc
+    finally:
+        cursor.close()
+
+
+def driver_sql(conn: Connection, statement: str) -> None:
+    """One parameterless statement in `conn`'s transaction, on the driver's cursor."""
+    with driver_cursor(conn) as cursor:
+        cursor.execute(statement)
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

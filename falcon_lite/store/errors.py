@@ -5,11 +5,14 @@
   deleting a running run) -> 409.
 - `SchemaError`: the database schema is missing or at a revision this code does not
   know; the message says to run `falcon-lite migrate` -> 503.
-- `InvalidSampleError`: arrays handed to the sample store have the wrong shape, dtype
-  or length; nothing is stored -> 422. A `ValueError`, so plain callers may catch that.
+- `InvalidSampleError`: samples handed to the sample store have the wrong shape or dtype
+  for it; nothing is stored. A `falcon_lite.core.samples.InvalidSamples` (a `ValueError`),
+  like the errors of columns that make no samples at all.
 """
 
 from __future__ import annotations
+
+from falcon_lite.core.samples import InvalidSamples
 
 
 class StoreError(Exception):
@@ -28,5 +31,6 @@ class SchemaError(StoreError):
     pass
 
 
-class InvalidSampleError(StoreError, ValueError):
-    pass
+class InvalidSampleError(StoreError, InvalidSamples):
+    """Samples that do not fit the store (theta dimension, x shape, dtype, no step or x).
+    An `InvalidSamples` like the core's own errors for columns that make no samples at all."""

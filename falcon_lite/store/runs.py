@@ -4,13 +4,8 @@ None of these functions commits: the caller owns the transaction (open sessions 
 `falcon_lite.store.db.session_factory`). They raise `NotFoundError` for an unknown run
 and `ConflictError` for an action the run's status forbids.
 
-Run lifecycle (`set_status` enforces it; setting the current status again is a no-op)::
-
-    pending -> running -> (stopping ->) stopped | completed | failed
-    stopped | failed -> running          (resume)
-    pending -> failed                    (a run that could not start)
-
-Every status change also records an event of kind ``"status"``.
+Run lifecycle (`falcon_lite.store.status`; `set_status` enforces it, and setting the current
+status again is a no-op). Every status change also records an event of kind ``"status"``.
 """
 
 from __future__ import annotations
@@ -27,17 +22,10 @@ from falcon_lite.config import RunConfig
 from falcon_lite.core.policy import Origin, Status
 from falcon_lite.store.errors import ConflictError, NotFoundError
 from falcon_lite.store.models import Checkpoint, Event, Metric, Reader, Run, Sample, StatusCount, utcnow
+from falcon_lite.store.status import DELETABLE, RUN_STATUSES, TRANSITIONS, RunStatus
 
-RUN_STATUSES = ("pending", "running", "stopping", "stopped", "completed", "failed")
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "pending": frozenset({"running", "failed"}),
-    "running": frozenset({"stopping", "stopped", "completed", "failed"}),
-    "stopping": frozenset({"stopped", "completed", "failed"}),
-    "stopped": frozenset({"running"}),
-    "completed": frozenset(),
-    "failed": frozenset({"running"}),
-}
-DELETABLE = frozenset({"pending", "stopped", "completed", "failed"})
+
+
 DEFAULT_KEEP_CHECKPOINTS = 3
 
 
@@ -47,7 +35,7 @@ def create_run(session: Session, config: RunConfig) -> Run:
         raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
     run = Run(
         name=config.name,
-        status="pending",
+        status=RunStatus.PENDING.value,
         step=0,
         config=config.model_dump(mode="json"),
         next_seq=0,
@@ -85,20 +73,22 @@ def list_runs(session: Session, offset: int = 0, limit: int = 50) -> tuple[list[
     return list(runs), int(total)
 
 
-def set_status(session: Session, run_id: int, status: str, reason: str | None = None) -> Run:
+def set_status(session: Session, run_id: int, status: RunStatus | str, reason: str | None = None) -> Run:
     """Move the run to `status` (see the lifecycle above); `ConflictError` if not allowed."""
-    if status not in TRANSITIONS:
-        raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}")
+    try:
+        status = RunStatus(status)
+    except ValueError:
+        raise ValueError(f"unknown run status {status!r}; expected one of {', '.join(RUN_STATUSES)}") from None
     run = get_run(session, run_id, for_update=True)
     if run.status == status:
         return run
     if status not in TRANSITIONS[run.status]:
         raise ConflictError(f"run {run_id} is {run.status}: it cannot become {status}")
     previous = run.status
-    run.status = status
+    run.status = status.value
     run.reason = reason
     run.updated = utcnow()
-    add_event(session, run_id, "status", {"status": status, "previous": previous, "reason": reason})
+    add_event(session, run_id, "status", {"status": status.value, "previous": previous, "reason": reason})
     session.flush()
     return run
 

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from falcon_lite.settings import Settings
+from falcon_lite.store.dialects import dialect_for
 from services.api.errors import UnavailableError
 
 T = TypeVar("T")
@@ -47,7 +48,7 @@ class AppContext:
     def __post_init__(self) -> None:
         if self.readers is None:
             self.readers = sessionmaker(bind=self.engine, expire_on_commit=False)
-        self.inline_reads = self.engine.dialect.name == "sqlite"
+        self.inline_reads = dialect_for(self.engine).inline_reads
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

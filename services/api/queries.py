@@ -11,15 +11,15 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from falcon_lite.config import RunConfig
-from falcon_lite.core.policy import TRAINABLE, Origin, Status
+from falcon_lite.core.policy import Origin, Status
 from falcon_lite.store import runs as store_runs
+from falcon_lite.store.composition import compose
 from falcon_lite.store.errors import ConflictError
 from falcon_lite.store.models import Metric, Run, StatusCount
+from falcon_lite.store.status import ACTIVE, LIVE
 from services.api.deps import AppContext
 from services.api.metrics import Snapshot
 from services.api.schemas import Accepted, RunPublic
-
-LIVE = ("pending", "running", "stopping")
 
 
 def parse_names(names: str | None) -> list[str] | None:
@@ -83,7 +83,7 @@ def _status(ctx: AppContext, run_id: int) -> str:
 def control_action(ctx: AppContext, run_id: int, action: str) -> Accepted:
     """start / stop / resume a run; all are idempotent and return once accepted."""
     status = _status(ctx, run_id)  # 404 before touching Ray
-    if action == "stop" and status not in ("running", "stopping"):
+    if action == "stop" and status not in ACTIVE:
         return Accepted(id=run_id, status=status, detail=f"run {run_id} is {status}: nothing to stop")
     getattr(ctx.control(), action)(run_id)
     return Accepted(id=run_id, status=_status(ctx, run_id), detail=f"{action} accepted")
@@ -96,7 +96,7 @@ def delete_run(ctx: AppContext, run_id: int) -> None:
     no supervisor this process could know of, and the store deletes it directly.
     """
     status = _status(ctx, run_id)
-    if status in ("running", "stopping"):
+    if status in ACTIVE:
         raise ConflictError(f"run {run_id} is {status}: stop it before deleting it")
     if ctx.connected():
         ctx.control().delete(run_id)  # also ends a supervisor this process may have left
@@ -111,26 +111,19 @@ def posterior(ctx: AppContext, run_id: int, n: int):
     return ctx.control().posterior_samples(run_id, n)
 
 
-ORIGIN_NAMES = {int(Origin.PRIOR): "prior", int(Origin.PROPOSAL): "proposal"}
-
-
 def buffer_of(connection: Connection, run_id: int) -> dict:
-    """The REST shape of ``GET /runs/{id}/buffer`` from one indexed statement.
+    """The body of ``GET /runs/{id}/buffer`` (DESIGN.md, REST contract) from one indexed statement.
 
     The counts are the ``status_counts`` rows the store keeps in the same transaction as
-    every sample change; `SampleStore.composition` reads the same rows (tests compare them).
+    every sample change, composed by the function the store's own `composition` uses.
     """
     purged, rejected, prior_fraction, rows = store_runs.buffer_counts(connection, run_id)
-    counts = {s.name: {"prior": 0, "proposal": 0} for s in Status}
-    for status, origin, n in rows:
-        counts[Status(status).name][ORIGIN_NAMES[origin]] += n
-    pool = [counts[s.name] for s in TRAINABLE]
-    n_pool = sum(c["prior"] + c["proposal"] for c in pool)
+    comp = compose(purged, rejected, rows)
     return {
-        "counts": counts,
-        "purged": purged,
-        "total": sum(c["prior"] + c["proposal"] for c in counts.values()) + purged,
-        "prior_share_trainable": sum(c["prior"] for c in pool) / n_pool if n_pool else 0.0,
+        "counts": comp.counts,
+        "purged": comp.purged,
+        "total": comp.total,
+        "prior_share_trainable": comp.prior_share_trainable,
         "prior_fraction": prior_fraction,
     }
 

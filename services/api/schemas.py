@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.store.status import RunStatus
 
-RunStatus = Literal["pending", "running", "stopping", "stopped", "completed", "failed"]
 
 _RUN_EXAMPLE = {
     "name": "explosion-20pct",

@@ -23,14 +23,16 @@ Estimator = GaussianEMA | GaussianNLE
 __all__ = ["ESTIMATORS", "Estimator", "GaussianEMA", "GaussianHead", "GaussianNLE", "make_estimator"]
 
 
-def make_estimator(cfg, dim: int, prior, generator: torch.Generator | None = None) -> Estimator:
+def make_estimator(cfg, dim: int, prior, generator: torch.Generator | None = None, *,
+                   residual_base: str = "identity") -> Estimator:
     """Build the estimator named by ``cfg.name`` (an EstimatorConfig) for a ``dim``-dim problem.
 
     The initial weights come from ``generator`` if given, else from torch's global generator
-    (which the caller seeds).
+    (which the caller seeds). `residual_base` is the simulator's known inverse, for an estimator
+    whose config says ``residual_base = "auto"``.
     """
     try:
         cls = ESTIMATORS[cfg.name]
     except KeyError:
         raise ValueError(f"unknown estimator {cfg.name!r}; known: {sorted(ESTIMATORS)}") from None
-    return cls(cfg, dim, prior, generator)
+    return cls(cfg, dim, prior, generator, residual_base=residual_base)

@@ -8,10 +8,11 @@ import torch
 from falcon_lite.core.estimators.head import GaussianHead
 
 
-def head_from_config(cfg, dim: int, generator: torch.Generator | None) -> GaussianHead:
-    """The GaussianHead an EstimatorConfig describes."""
+def head_from_config(cfg, dim: int, generator: torch.Generator | None, auto_base: str = "identity") -> GaussianHead:
+    """The GaussianHead an EstimatorConfig describes; ``residual_base = "auto"`` means `auto_base`."""
+    base = auto_base if cfg.residual_base == "auto" else cfg.residual_base
     return GaussianHead(dim, list(cfg.hidden), cfg.activation, cfg.dtype, cfg.ema_momentum,
-                        cfg.normalize, cfg.residual, cfg.loss, generator, residual_base="identity" if cfg.residual_base == "auto" else cfg.residual_base,
+                        cfg.normalize, cfg.residual, cfg.loss, generator, residual_base=base,
                         center_output=cfg.center_output)
 
 

@@ -30,8 +30,14 @@ NEWTON_DECREMENT_TOL = 1e-12  # stop when grad^T H^-1 grad (twice the predicted 
 class GaussianNLE(nn.Module):
     """Likelihood estimator x ~ N(g(theta), var) whose posterior is a Laplace approximation."""
 
-    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None):
+    amortized = False  # each posterior is a MAP search, warm-started from the last one
+
+    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
+                 residual_base: str = "identity"):
+        """`residual_base`: the simulator's known inverse, which a likelihood's head (theta -> x)
+        does not use: ``residual_base = "auto"`` is the identity here."""
         super().__init__()
+        del residual_base
         self.dim, self.prior = dim, prior
         self.importance_weighting = cfg.importance_weighting
         self.variance_source = cfg.variance_source

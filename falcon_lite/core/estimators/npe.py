@@ -16,14 +16,20 @@ from falcon_lite.core.estimators.common import gaussian_sample, head_from_config
 
 
 class GaussianEMA(nn.Module):
-    """Posterior estimator: regression of theta on x with an EMA (or NLL-trained) variance."""
+    """Posterior estimator: regression of theta on x with an EMA (or NLL-trained) variance.
 
-    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None):
+    ``residual_base = "auto"`` takes `residual_base`: the simulator's known inverse.
+    """
+
+    amortized = True  # its posterior at any x is one forward pass
+
+    def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
+                 residual_base: str = "identity"):
         super().__init__()
         self.dim = dim
         self.importance_weighting = cfg.importance_weighting
         self.variance_source = cfg.variance_source
-        self.head = head_from_config(cfg, dim, generator)
+        self.head = head_from_config(cfg, dim, generator, auto_base=residual_base)
         self.extra_stats: dict = {}
 
     @staticmethod

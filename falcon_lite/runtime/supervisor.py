@@ -1,0 +1,183 @@
+"""The supervisor of a run (named, detached): owns the run's actors and drives its pipeline.
+
+It keeps a bounded number of simulation batches in flight or queued
+(`falcon_lite.engine.driver.batches_wanted`) and hands each to the trainer in the order they
+finish (through the writer where the database has one). Once it has written the run's final
+status it kills its children and itself: a run leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import ray
+
+from falcon_lite.config import RunConfig
+from falcon_lite.engine.driver import batches_wanted
+from falcon_lite.runtime.actors import ProposalSampler, SimulatorActor, Writer
+from falcon_lite.runtime.trainer import Trainer
+from falcon_lite.store import runs
+from falcon_lite.store.db import make_engine, session_factory
+from falcon_lite.store.dialects import dialect_for
+from falcon_lite.store.status import RunStatus
+
+
+def _first_finished(launched: dict):
+    """The earliest launched of the refs in `launched` that are done (ray.wait does not
+    promise to list finished refs in the order they were given)."""
+    finished, _ = ray.wait(list(launched), num_returns=len(launched), timeout=0)
+    finished = set(finished)
+    return next(ref for ref in launched if ref in finished)
+
+
+@ray.remote(num_cpus=0.01, max_restarts=0, max_concurrency=8)
+class Supervisor:
+    """One run's owner. `start` launches the pipeline in a thread; `stop` ends it gracefully."""
+
+    def __init__(self, run_id: int, database_url: str):
+        self.run_id = run_id
+        self.database_url = database_url
+        self.engine = make_engine(database_url)
+        self.own_writer = dialect_for(self.engine).own_writer
+        self.sessions = session_factory(self.engine)
+        with self.sessions.begin() as session:
+            self.config = RunConfig.model_validate(runs.get_run(session, run_id).config)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.children: list = []
+        self.trainer = None
+        self.writer = None
+
+    def start(self) -> bool:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._main, name=f"run-{self.run_id}", daemon=True)
+            self.thread.start()
+        return True
+
+    def stop(self) -> bool:
+        self.stopping.set()
+        return True
+
+    def alive(self) -> bool:
+        """Whether the pipeline is still going (a finished supervisor ends itself moments later)."""
+        return self.thread is not None and self.thread.is_alive()
+
+    def trainer_pid(self) -> int:
+        return ray.get(self.trainer.pid.remote())
+
+    def placement(self) -> dict[str, int]:
+        return ray.get(self.trainer.simulations_by_node.remote()) if self.trainer else {}
+
+    def _set_status(self, status: RunStatus, reason: str | None = None) -> None:
+        with self.sessions.begin() as session:
+            runs.set_status(session, self.run_id, status, reason=reason)
+
+    def _main(self) -> None:
+        try:
+            self._set_status(RunStatus.RUNNING)
+            status = self._pipeline()
+            ray.get(self.trainer.checkpoint.remote())
+            ray.get(self.trainer.close.remote())
+            if self.writer is not None:
+                ray.get(self.writer.close.remote())
+            self._set_status(status)
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded on the run
+            self._set_status(RunStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            try:
+                for child in self.children:
+                    ray.kill(child)
+                self.engine.dispose()
+            finally:
+                # The run's status is written: a detached actor would otherwise outlive its run
+                # (a process per run ever started, until the cluster ends).
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
+    def _spawn(self) -> None:
+        cfg = self.config.model_dump(mode="json")
+        self.trainer = Trainer.remote(self.run_id, self.database_url)
+        self.sampler = ProposalSampler.remote(cfg)
+        self.simulators = [
+            SimulatorActor.options(scheduling_strategy="SPREAD").remote(cfg, i)
+            for i in range(self.config.runtime.simulators)
+        ]
+        # A database with writers of its own (PostgreSQL) gets a writer actor, so that its work
+        # runs beside training instead of inside it; otherwise the trainer is the one writer.
+        self.writer = Writer.remote(self.run_id, self.database_url, cfg) if self.own_writer else None
+        self.children = [self.trainer, self.sampler, *self.simulators, *([self.writer] if self.writer else [])]
+
+    def _pipeline(self) -> RunStatus:
+        """Keep simulation batches in flight and hand each to the trainer as it finishes
+        (through the writer, where there is one), while the trainer trains in its own thread.
+        Bounded: batches simulating, being written and queued at the trainer never exceed
+        `batches_wanted`."""
+        self._spawn()
+        total = self.config.training.steps
+        trained, next_batch, steer = self._trainer_progress()
+        done = self.trainer.run.remote(total)
+        simulating: dict = {}  # simulate ref -> the prior fraction its batch was drawn with
+        writing: dict = {}  # append ref -> simulate ref
+        queued = turn = 0
+        room = None  # the trainer's answer once it takes a queued batch
+        while True:
+            if self.stopping.is_set():
+                ray.get(self.trainer.halt.remote())
+                ray.get(done)
+                return RunStatus.STOPPED
+            wanted = batches_wanted(self.config, trained)
+            while len(simulating) + len(writing) + queued < wanted:
+                proposed = self.sampler.propose.remote(next_batch, steer)
+                simulator = self.simulators[turn % len(self.simulators)]
+                turn += 1
+                simulating[simulator.simulate.remote(proposed)] = steer[1]
+                next_batch += 1
+            if room is None and queued and len(simulating) + len(writing) + queued >= wanted:
+                room = self.trainer.room.remote(queued)
+            waits = [done, *simulating, *writing, *([room] if room else [])]
+            ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
+            try:
+                if not ready:
+                    continue
+                ref = ready[0]
+                if ref == done:
+                    ray.get(done)
+                    return RunStatus.COMPLETED
+                if ref == room:
+                    trained, steer, queued = ray.get(room)
+                    room = None
+                elif ref in simulating:
+                    ref = _first_finished(simulating)  # in launch order when several are done
+                    fraction = simulating.pop(ref)
+                    if self.writer is None:
+                        trained, steer, queued = ray.get(self.trainer.submit.remote(ref))
+                    else:
+                        writing[self.writer.append.remote(ref, fraction)] = ref
+                else:
+                    simulated = writing.pop(ref)
+                    try:
+                        ray.get(ref)
+                    except ray.exceptions.RayActorError:
+                        continue  # the writer died with it: rolled back, not stored; it restarts
+                    trained, steer, queued = ray.get(self.trainer.submit.remote(simulated, ref))
+            except ray.exceptions.RayActorError:
+                # The trainer died and restarted from its last checkpoint (its mirror re-read
+                # from the database holds every batch written): drop the batches simulating
+                # or queued (none of them stored) and go on from what it reports.
+                # Batch numbers only go up: a batch still being written may be newer than
+                # what the restarted trainer found stored, and must not be drawn twice.
+                simulating.clear()
+                queued, room = 0, None
+                trained, restart_batch, steer = self._trainer_progress()
+                next_batch = max(next_batch, restart_batch)
+                done = self.trainer.run.remote(total)
+
+    def _trainer_progress(self, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ray.get(self.trainer.progress.remote())
+            except ray.exceptions.RayActorError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
