@@ -1,5 +1,8 @@
-"""Every estimator x simulator x option: shapes, gradients, checkpoints, determinism; and the
-numerics with known answers (the fixed identity model, EMA and IW by hand, NLE's Laplace fit)."""
+"""The invariants of every registered estimator, x simulator x option: the engine's protocol,
+shapes, gradients reach every parameter, train and eval modes agree, checkpoints round-trip,
+determinism (a resumed run equal to a straight one: tests/test_engine.py, per estimator too);
+and the numerics with known answers (the fixed identity model, EMA and IW by hand, NLE's
+Laplace fit). A new estimator joins by being registered in ``ESTIMATORS``."""
 
 import copy
 import math
@@ -13,6 +16,7 @@ from falcon_lite.core import diagnostics as dg
 from falcon_lite.core.estimators import ESTIMATORS, make_estimator
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.proposal import TemperedProposal, draw_parameters
+from falcon_lite.core.protocols import Estimator, Prior, Simulator
 from falcon_lite.core.simulators import make_simulator
 from falcon_lite.core.training import iw_weights, make_optimizer, set_lr, train_step
 
@@ -69,6 +73,28 @@ def train(est, opt, sim, prior, steps, seed):
 
 
 CASES = [(e, p, o) for e in sorted(ESTIMATORS) for p in PROBLEMS for o in OPTIONS]
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+def test_what_the_engine_calls_is_there(name, problem):
+    sim, prior, est = build(name, problem, {})
+    assert isinstance(est, Estimator) and isinstance(sim, Simulator) and isinstance(prior, Prior)
+    assert isinstance(type(est).amortized, bool)
+
+
+@pytest.mark.parametrize("name, problem, option", CASES)
+def test_train_and_eval_modes_agree(name, problem, option):
+    sim, prior, est = build(name, problem, OPTIONS[option])
+    train(est, make_optimizer(est, 1e-3), sim, prior, 2, seed=5)
+    x = mixed_batch(sim, prior, 6).x
+    est.train()
+    trained = (est.posterior(sim.x_obs), est.posterior_batch(x))
+    est.eval()
+    evaluated = (est.posterior(sim.x_obs), est.posterior_batch(x))
+    for a, b in zip(np.concatenate([np.ravel(v) for pair in trained for v in pair]),
+                    np.concatenate([np.ravel(v) for pair in evaluated for v in pair])):
+        assert a == b
 
 
 @pytest.mark.parametrize("name, problem, option", CASES)

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from falcon_lite.config import RunConfig, with_overrides
+from falcon_lite.core.estimators import ESTIMATORS
 from falcon_lite.engine.inline import run_inline
 from falcon_lite.engine.stress import run_stress
 from falcon_lite.store import runs
@@ -125,12 +126,15 @@ def test_every_simulated_sample_is_stored_and_accounted(db_url):
     engine.dispose()
 
 
-def test_stop_and_resume_continue_exactly(sqlite_url):
-    """A run stopped at step 37 and resumed gives the same numbers as one never stopped."""
-    _, straight = _run(sqlite_url, small())
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_stop_and_resume_continue_exactly(sqlite_url, estimator):
+    """A run stopped at step 37 and resumed gives the same numbers as one never stopped, with
+    every registered estimator."""
+    config = small(**{"estimator.name": estimator})
+    _, straight = _run(sqlite_url, config)
     engine = make_engine(sqlite_url)
     with session_factory(engine).begin() as s:
-        run_id = runs.create_run(s, small()).id
+        run_id = runs.create_run(s, config).id
     seen = []
     run_inline(engine, run_id, should_stop=lambda: len(seen) >= 37, on_step=lambda step, row: seen.append(step))
     with session_factory(engine).begin() as s:
