@@ -172,6 +172,23 @@ def test_buffer_and_metrics_of_a_run_without_samples(api):
 def test_metrics_past_the_last_step_is_empty_not_404(api, trained_run):
     assert api.metrics(trained_run, since_step=39) == []
 
+
+# ---- posterior (from the newest checkpoint; no Ray) ------------------------------------------
+def test_posterior_comes_from_the_newest_checkpoint(api, trained_run):
+    first, again = api.posterior(trained_run, n=7), api.posterior(trained_run, n=7)
+    assert (first["run_id"], first["step"], first["n"], first["dim"]) == (trained_run, 40, 7, 1)
+    assert len(first["samples"]) == 7 and all(len(row) == 1 for row in first["samples"])
+    assert first == again  # the same checkpoint gives the same draws
+
+
+def test_posterior_without_a_trained_network_is_409_saying_why(api):
+    run_id = api.create_run({"name": "untrained", "training": {"checkpoint_every": 25}}, start=False)["id"]
+    with pytest.raises(ApiError) as err:
+        api.posterior(run_id, n=5)
+    assert err.value.status == 409
+    assert f"run {run_id} has no checkpoint of a trained network yet" in err.value.detail
+    assert "every 25 training steps" in err.value.detail
+
 # ---- SSE ------------------------------------------------------------------------------
 def test_events_stream_status_diagnostics_and_resume(api, trained_run):
     seen = list(api.events(trained_run, timeout=60))
@@ -248,7 +265,7 @@ def test_bad_config_is_422_naming_the_field_and_creates_nothing(api, live_server
     assert count_runs(api) == before
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b'"text"'])
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"'])
 def test_malformed_body_is_422_and_creates_nothing(api, live_server, raw):  # noqa: F811
     before = count_runs(api)
     with live_server.client() as http:
@@ -256,6 +273,22 @@ def test_malformed_body_is_422_and_creates_nothing(api, live_server, raw):  # no
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "body"
     assert count_runs(api) == before
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+@pytest.mark.parametrize("path", ["/runs", "/stress"])
+def test_a_body_that_is_not_sent_as_json_gets_a_hint(api, live_server, content_type, path):  # noqa: F811
+    """What `curl -d '{...}'` sends without `-H 'Content-Type: application/json'`."""
+    before = count_runs(api)
+    with live_server.client() as http:
+        response = http.post(path, content=b'{"name": "x"}', headers={"Content-Type": content_type})
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.json()["detail"] and content_type in response.json()["detail"]
+    assert count_runs(api) == before
+    with live_server.client() as http:  # JSON under a +json type is JSON
+        typed = http.post("/runs", content=b'{"name": "typed", "start": false}',
+                          headers={"Content-Type": "application/vnd.api+json; charset=utf-8"})
+    assert typed.status_code == 201, typed.text
 
 
 def test_oversized_body_is_413(api, live_server):  # noqa: F811
@@ -302,13 +335,18 @@ def test_control_of_unknown_run_is_404(api, action):
     [("POST", "/runs"), ("POST", "/runs/1/stop"), ("POST", "/runs/1/resume"), ("POST", "/runs/1/start"),
      ("DELETE", "/runs/1"), ("POST", "/stress")],
 )
-def test_mutating_calls_need_the_token(live_server, method, path):  # noqa: F811
+@pytest.mark.parametrize("body", [b"{}", b"{not json", b'{"buffer": {"prior_fraction": 3}}', b""])
+def test_mutating_calls_need_the_token(live_server, method, path, body):  # noqa: F811
+    """Checked before the body is read: a client without the token learns that, whatever it sent."""
+    json_type = {"Content-Type": "application/json"}
     with live_server.client(auth=False) as http:
-        missing = http.request(method, path, json={})
-        wrong = http.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
+        missing = http.request(method, path, content=body, headers=json_type)
+        wrong = http.request(method, path, content=body, headers={**json_type, "Authorization": "Bearer nope"})
+        not_bearer = http.request(method, path, content=body, headers={**json_type, "Authorization": "Basic eDp5"})
     assert missing.status_code == 401 and "bearer token" in missing.json()["detail"]
     assert missing.headers["www-authenticate"] == "Bearer"
     assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid bearer token"
+    assert not_bearer.status_code == 401 and "missing bearer token" in not_bearer.json()["detail"]
 
 
 def test_reads_need_no_token(anon, trained_run):

@@ -124,6 +124,7 @@ class PosteriorPublic(BaseModel):
     """Samples drawn from the run's current posterior estimate, shape (n, dim)."""
 
     run_id: int
+    step: int = Field(description="the training step of the checkpoint they come from")
     n: int
     dim: int
     samples: list[list[float]]
