@@ -333,7 +333,7 @@ def test_control_of_unknown_run_is_404(api, action):
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/runs"), ("POST", "/runs/1/stop"), ("POST", "/runs/1/resume"), ("POST", "/runs/1/start"),
-     ("DELETE", "/runs/1"), ("POST", "/stress")],
+     ("DELETE", "/runs/1"), ("POST", "/stress"), ("DELETE", "/stress/" + "0" * 32)],
 )
 @pytest.mark.parametrize("body", [b"{}", b"{not json", b'{"buffer": {"prior_fraction": 3}}', b""])
 def test_mutating_calls_need_the_token(live_server, method, path, body):  # noqa: F811

@@ -22,7 +22,7 @@ from services.api.deps import AppContext, AuthMiddleware
 from services.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.routes import runs, stress, system
-from services.api.stress_jobs import StressJobs
+from services.api.stress_jobs import StressJobs, StressLimits
 
 POOL_SIZE = 20
 MAX_OVERFLOW = 25
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # PRAGMAs each time on SQLite.
     engine = make_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
     ctx = AppContext(settings=settings, engine=engine, sessions=session_factory(engine))
-    ctx.jobs = StressJobs(settings.data_dir / "stress")
+    ctx.jobs = StressJobs(settings.data_dir / "stress", StressLimits.from_settings(settings))
     ctx.metrics = ApiMetrics(lambda: queries.snapshot(ctx))
 
     @asynccontextmanager
