@@ -18,12 +18,31 @@ from typing import Any
 import httpx
 
 
+def describe_errors(errors: list[dict]) -> str:
+    """Pydantic's (and a 422's) ``[{"loc", "msg", ...}]`` as one readable line per error:
+    ``  buffer.prior_fraction: Input should be less than or equal to 1``."""
+    lines = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path") and len(loc) > 1:
+            loc = loc[1:] if loc[0] == "body" else [f"{loc[0]} parameter {'.'.join(loc[1:])}"]
+        where = ".".join(loc) or "(the whole body)"
+        lines.append(f"  {where}: {error.get('msg', error)}")
+    return "\n".join(lines)
+
+
+def _is_error_list(detail: Any) -> bool:
+    return isinstance(detail, list) and bool(detail) and all(isinstance(e, dict) and "msg" in e for e in detail)
+
+
 class ApiError(RuntimeError):
-    """The server answered 4xx/5xx; ``status`` and ``detail`` say what it said."""
+    """The server answered 4xx/5xx; ``status`` and ``detail`` say what it said (``detail``
+    as the server sent it; the message puts a 422's list of errors one per line)."""
 
     def __init__(self, status: int, detail: Any, method: str, url: str) -> None:
         self.status, self.detail = status, detail
-        super().__init__(f"{method} {url} -> {status}: {detail}")
+        text = f"\n{describe_errors(detail)}" if _is_error_list(detail) else f" {detail}"
+        super().__init__(f"{method} {url} -> {status}:{text}")
 
 
 class Client:

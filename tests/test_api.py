@@ -426,6 +426,39 @@ def test_cli_runs_verbs(live_server, trained_run, api):  # noqa: F811
     assert missing.returncode == 1 and "404" in missing.stderr
 
 
+def test_cli_runs_delete(live_server, api):  # noqa: F811
+    run_id = api.create_run({"name": "cli-delete"}, start=False)["id"]
+    deleted = falcon_lite("runs", "delete", str(run_id), "--server", live_server.url)
+    assert (deleted.returncode, deleted.stdout) == (0, f"run {run_id} deleted\n"), deleted.stderr
+    with pytest.raises(ApiError) as err:
+        api.get_run(run_id)
+    assert err.value.status == 404
+    again = falcon_lite("runs", "delete", str(run_id), "--server", live_server.url)
+    assert again.returncode == 1 and f"404 run {run_id} not found" in again.stderr.replace(":", "")
+
+
+def test_cli_prints_a_422_as_one_line_per_field(live_server):  # noqa: F811
+    out = falcon_lite("runs", "start", "--no-start", "--prior-fraction", "3", "--server", live_server.url)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "error: POST /runs -> 422:",
+        "  buffer.prior_fraction: Value error, must be greater than or equal to 0 and less than or equal to 1, got 3.0",
+    ]
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away(live_server, api):  # noqa: F811
+    """`falcon-lite runs ls | head -1`: the pipe closes before the listing is written."""
+    for i in range(3):
+        api.create_run({"name": f"piped-{i}"}, start=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_LITE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "falcon_lite.cli", "runs", "ls", "--limit", "500", "--server",
+                             live_server.url], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 def test_cli_reports_an_unreachable_server():
     out = falcon_lite("runs", "ls", "--server", "http://127.0.0.1:9")
     assert out.returncode == 1 and "cannot reach http://127.0.0.1:9" in out.stderr
