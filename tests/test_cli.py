@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,42 @@ def test_stress_prints_its_report_and_no_stray_progress_line(tmp_path):
     quiet = falcon_lite("stress", "--grid", "buffer.prior_fraction=0", "--seeds", "1", "--steps", "5",
                         "--base", str(base), "--out", str(tmp_path / "quiet"), "--quiet")
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_make_serve_listens_on_the_port_it_is_given(tmp_path):
+    """`make serve PORT=...` (README): the API answers on that port."""
+    import signal
+    import time
+
+    import httpx
+
+    from tests.plugins.server import free_port
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FALCON_LITE_", "DATABASE_URL", "RAY_ADDRESS"))}
+    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "FALCON_LITE_DATA_DIR": str(tmp_path)})
+    log = tmp_path / "make.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["make", "--no-print-directory", "serve", f"PORT={port}"], cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"nothing answered on port {port}:\n{log.read_text()[-2000:]}"
+            time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)  # make and the server it started (their own session)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert f"--port {port}" in log.read_text()
