@@ -1,5 +1,11 @@
 # Every target builds what it needs: `make test` on a fresh machine creates .venv itself.
 PYTHON ?= python3
+# `make serve PORT=8001 HOST=0.0.0.0`: where the API listens.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# `make venv TORCH_INDEX=https://download.pytorch.org/whl/cpu`: torch from that index first (the
+# CPU build); unset, pip takes torch from PyPI, whose Linux wheel is a CUDA build of several GB.
+TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
@@ -13,6 +19,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PIP) install -q -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
@@ -20,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 run: serve
 serve: venv
 	$(VENV)/bin/falcon-lite migrate
-	$(VENV)/bin/falcon-lite serve
+	$(VENV)/bin/falcon-lite serve --host $(HOST) --port $(PORT)
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)

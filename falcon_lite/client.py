@@ -18,12 +18,31 @@ from typing import Any
 import httpx
 
 
+def describe_errors(errors: list[dict]) -> str:
+    """Pydantic's (and a 422's) ``[{"loc", "msg", ...}]`` as one readable line per error:
+    ``  buffer.prior_fraction: Input should be less than or equal to 1``."""
+    lines = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc and loc[0] in ("body", "query", "path") and len(loc) > 1:
+            loc = loc[1:] if loc[0] == "body" else [f"{loc[0]} parameter {'.'.join(loc[1:])}"]
+        where = ".".join(loc) or "(the whole body)"
+        lines.append(f"  {where}: {error.get('msg', error)}")
+    return "\n".join(lines)
+
+
+def _is_error_list(detail: Any) -> bool:
+    return isinstance(detail, list) and bool(detail) and all(isinstance(e, dict) and "msg" in e for e in detail)
+
+
 class ApiError(RuntimeError):
-    """The server answered 4xx/5xx; ``status`` and ``detail`` say what it said."""
+    """The server answered 4xx/5xx; ``status`` and ``detail`` say what it said (``detail``
+    as the server sent it; the message puts a 422's list of errors one per line)."""
 
     def __init__(self, status: int, detail: Any, method: str, url: str) -> None:
         self.status, self.detail = status, detail
-        super().__init__(f"{method} {url} -> {status}: {detail}")
+        text = f"\n{describe_errors(detail)}" if _is_error_list(detail) else f" {detail}"
+        super().__init__(f"{method} {url} -> {status}:{text}")
 
 
 class Client:
@@ -152,12 +171,16 @@ class Client:
     def stress_status(self, job_id: str) -> dict:
         return self._call("GET", f"/stress/{job_id}")
 
+    def cancel_stress(self, job_id: str) -> dict:
+        """DELETE /stress/{id}: end the job's worker, keeping the runs that finished."""
+        return self._call("DELETE", f"/stress/{job_id}")
+
     def wait_stress(self, job_id: str, timeout: float = 3600.0, poll: float = 1.0) -> dict:
-        """Poll a stress job until it completes or fails (raises TimeoutError after `timeout`)."""
+        """Poll a stress job until it completes, fails or is cancelled (raises TimeoutError after `timeout`)."""
         deadline = time.monotonic() + timeout
         while True:
             job = self.stress_status(job_id)
-            if job["status"] in ("completed", "failed"):
+            if job["status"] in ("completed", "failed", "cancelled"):
                 return job
             if time.monotonic() > deadline:
                 raise TimeoutError(f"stress job {job_id} still {job['status']} after {timeout} s")
@@ -168,13 +191,19 @@ class Client:
         """Run a stress matrix on the server, wait for it, and return its results.json.
 
         With `out_dir`, results.json, report.md and the plots are written there as
-        `falcon-lite stress` would write them locally. A failed job raises `ApiError`.
+        `falcon-lite stress` would write them locally. A failed or cancelled job raises
+        `ApiError`; Ctrl-C (KeyboardInterrupt) while waiting cancels the job on the server.
         """
         if hasattr(base, "model_dump"):
             base = base.model_dump(mode="json")
-        job = self.wait_stress(self.stress(grid, seeds, steps, base)["id"], timeout=timeout)
+        job_id = self.stress(grid, seeds, steps, base)["id"]
+        try:
+            job = self.wait_stress(job_id, timeout=timeout)
+        except KeyboardInterrupt:
+            self.cancel_stress(job_id)
+            raise
         if job["status"] != "completed":
-            raise ApiError(500, f"stress job {job['id']} failed: {job.get('error')}", "GET",
+            raise ApiError(500, f"stress job {job['id']} {job['status']}: {job.get('error')}", "GET",
                            f"/stress/{job['id']}")
         if out_dir is not None:
             out = Path(out_dir)

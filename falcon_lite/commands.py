@@ -9,9 +9,12 @@ import json
 import sys
 from pathlib import Path
 
+from typing import Any
+
 from pydantic import ValidationError
 
-from falcon_lite.config import RunConfig
+from falcon_lite.client import describe_errors
+from falcon_lite.config import RunConfig, with_overrides
 
 
 def parse_value(text: str):
@@ -32,15 +35,42 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
+def read_json_file(path: str, what: str = "config file") -> tuple[Any, str]:
+    """``(data, text)`` of a JSON file; a missing, unreadable or malformed file exits with
+    one line that says so (no traceback)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise SystemExit(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise SystemExit(f"{what} {path} is a directory, not a JSON file") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"{what} {path} is not a text file (JSON expected)") from None
+    except OSError as exc:
+        raise SystemExit(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        return json.loads(text), text
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"{what} {path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+
+
+def read_config_dict(path: str) -> dict:
+    """A config file's JSON object (not validated: a server validates what it is sent)."""
+    data, _ = read_json_file(path)
+    if not isinstance(data, dict):
+        raise SystemExit(f"config file {path} must hold a JSON object (a RunConfig), not {type(data).__name__}")
+    return data
+
+
 def load_config(path: str | None) -> RunConfig:
+    """The RunConfig in a JSON file (the seed's scenario for None); exits with readable lines."""
     if path is None:
         return RunConfig()
+    read_config_dict(path)
     try:
         return RunConfig.model_validate_json(Path(path).read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"config file not found: {path}")
     except ValidationError as exc:
-        raise SystemExit(f"invalid config {path}:\n{exc}")
+        raise SystemExit(f"invalid config {path}:\n{describe_errors(exc.errors())}") from None
 
 
 def _summary(config: RunConfig, row: dict | None, status: str) -> str:
@@ -68,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from falcon_lite.store.db import make_engine, migrate, session_factory
 
     config = load_config(args.config)
+    if args.steps is not None:
+        config = with_overrides(config, {"training.steps": args.steps})
     url = args.database_url or get_settings().db_url
     migrate(url)
     engine = make_engine(url)
@@ -105,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_stress(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from falcon_lite.engine.stress import run_stress
+    from falcon_lite.engine.stress import plan, run_stress
 
     if args.report_only:
         from falcon_lite.engine.stress import rewrite_report
@@ -116,27 +148,47 @@ def cmd_stress(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid or [])
     base = load_config(args.base)
     if args.server:
-        from falcon_lite.client import Client
+        from falcon_lite.client import ApiError, Client
 
         client = Client(args.server)
-        result = client.stress_and_wait(grid=grid, seeds=args.seeds, steps=args.steps, base=base, out_dir=args.out)
+        try:
+            result = client.stress_and_wait(grid=grid, seeds=args.seeds, steps=args.steps, base=base,
+                                            out_dir=args.out)
+        except ApiError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         print(f"stress finished on {args.server}: {len(result['runs'])} runs; report in {args.out}")
         return 0
-    bar = tqdm(total=None, unit="run")
+    try:  # a bad grid is refused before anything runs or prints
+        total = len(plan(grid, args.seeds, args.steps, base))
+    except KeyError as exc:
+        print(f"invalid grid: {exc.args[0]}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"invalid grid:\n{describe_errors(exc.errors())}", file=sys.stderr)
+        return 2
+    bar = tqdm(total=total, unit="run", disable=args.quiet)
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
         bar.update(done - bar.n)
 
     try:
         document = run_stress(grid, args.seeds, args.steps, Path(args.out), args.workers, base, progress)
-    except (KeyError, ValidationError) as exc:
-        print(f"invalid grid: {exc}", file=sys.stderr)
-        return 2
-    bar.close()
+    finally:
+        bar.close()
     print((Path(args.out) / "report.md").read_text())
     print(f"{len(document['runs'])} runs; results in {args.out}/results.json")
     return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -144,17 +196,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", nargs="?", help="RunConfig JSON (default: the seed's scenario)")
     p.add_argument("--ray", action="store_true", help="run on Ray (RAY_ADDRESS or a local instance)")
     p.add_argument("--database-url", help="default: DATABASE_URL or the embedded SQLite file")
+    p.add_argument("--steps", type=positive_int, help="training steps (overrides training.steps)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stress", help="run a grid of config overrides x seeds and report the outcomes")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="dotted config key and its values")
-    p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--seeds", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=10_000)
     p.add_argument("--out", default="stress-out", help="output directory")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--workers", type=positive_int, default=1, help="parallel worker processes")
     p.add_argument("--base", help="base RunConfig JSON the grid overrides")
     p.add_argument("--server", help="run the matrix on a falcon-lite server instead (URL)")
     p.add_argument("--report-only", action="store_true",
                    help="recompute the report of an existing --out directory from its recorded series")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_stress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     ray_namespace: str = "falcon-lite"
     api_token: str | None = None
     max_body_bytes: int = 1_000_000
+    # What one request may ask of the server (each is FALCON_LITE_<NAME> in the environment).
+    posterior_max_values: PositiveInt = Field(
+        default=100_000, description="GET /posterior: at most this many numbers (n x dim) in one answer."
+    )
+    stress_max_runs: PositiveInt = Field(default=200, description="POST /stress: grid points x seeds.")
+    stress_max_steps: PositiveInt = Field(default=100_000, description="POST /stress: steps of one run.")
+    stress_max_total_steps: PositiveInt = Field(
+        default=2_000_000, description="POST /stress: runs x steps, the job's whole work."
+    )
+    stress_max_jobs: PositiveInt = Field(default=2, description="Stress jobs queued or running at once.")
 
     @property
     def db_url(self) -> str:

@@ -27,14 +27,14 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    from falcon_lite.store.db import make_engine
+    from falcon_lite.store.db import migration_engine
 
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         from falcon_lite.settings import get_settings
 
         url = get_settings().db_url
-    engine = make_engine(url)
+    engine = migration_engine(url)
     try:
         with engine.begin() as connection:
             _run(connection)

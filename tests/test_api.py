@@ -174,6 +174,23 @@ def test_buffer_and_metrics_of_a_run_without_samples(api):
 def test_metrics_past_the_last_step_is_empty_not_404(api, trained_run):
     assert api.metrics(trained_run, since_step=39) == []
 
+
+# ---- posterior (from the newest checkpoint; no Ray) ------------------------------------------
+def test_posterior_comes_from_the_newest_checkpoint(api, trained_run):
+    first, again = api.posterior(trained_run, n=7), api.posterior(trained_run, n=7)
+    assert (first["run_id"], first["step"], first["n"], first["dim"]) == (trained_run, 40, 7, 1)
+    assert len(first["samples"]) == 7 and all(len(row) == 1 for row in first["samples"])
+    assert first == again  # the same checkpoint gives the same draws
+
+
+def test_posterior_without_a_trained_network_is_409_saying_why(api):
+    run_id = api.create_run({"name": "untrained", "training": {"checkpoint_every": 25}}, start=False)["id"]
+    with pytest.raises(ApiError) as err:
+        api.posterior(run_id, n=5)
+    assert err.value.status == 409
+    assert f"run {run_id} has no checkpoint of a trained network yet" in err.value.detail
+    assert "every 25 training steps" in err.value.detail
+
 # ---- SSE ------------------------------------------------------------------------------
 def test_events_stream_status_diagnostics_and_resume(api, trained_run):
     seen = list(api.events(trained_run, timeout=60))
@@ -250,7 +267,7 @@ def test_bad_config_is_422_naming_the_field_and_creates_nothing(api, live_server
     assert count_runs(api) == before
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b"", b'"text"'])
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", b'"text"'])
 def test_malformed_body_is_422_and_creates_nothing(api, live_server, raw):  # noqa: F811
     before = count_runs(api)
     with live_server.client() as http:
@@ -258,6 +275,22 @@ def test_malformed_body_is_422_and_creates_nothing(api, live_server, raw):  # no
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"][0] == "body"
     assert count_runs(api) == before
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain"])
+@pytest.mark.parametrize("path", ["/runs", "/stress"])
+def test_a_body_that_is_not_sent_as_json_gets_a_hint(api, live_server, content_type, path):  # noqa: F811
+    """What `curl -d '{...}'` sends without `-H 'Content-Type: application/json'`."""
+    before = count_runs(api)
+    with live_server.client() as http:
+        response = http.post(path, content=b'{"name": "x"}', headers={"Content-Type": content_type})
+    assert response.status_code == 415
+    assert "Content-Type: application/json" in response.json()["detail"] and content_type in response.json()["detail"]
+    assert count_runs(api) == before
+    with live_server.client() as http:  # JSON under a +json type is JSON
+        typed = http.post("/runs", content=b'{"name": "typed", "start": false}',
+                          headers={"Content-Type": "application/vnd.api+json; charset=utf-8"})
+    assert typed.status_code == 201, typed.text
 
 
 def test_oversized_body_is_413(api, live_server):  # noqa: F811
@@ -302,15 +335,20 @@ def test_control_of_unknown_run_is_404(api, action):
 @pytest.mark.parametrize(
     ("method", "path"),
     [("POST", "/runs"), ("POST", "/runs/1/stop"), ("POST", "/runs/1/resume"), ("POST", "/runs/1/start"),
-     ("DELETE", "/runs/1"), ("POST", "/stress")],
+     ("DELETE", "/runs/1"), ("POST", "/stress"), ("DELETE", "/stress/" + "0" * 32)],
 )
-def test_mutating_calls_need_the_token(live_server, method, path):  # noqa: F811
+@pytest.mark.parametrize("body", [b"{}", b"{not json", b'{"buffer": {"prior_fraction": 3}}', b""])
+def test_mutating_calls_need_the_token(live_server, method, path, body):  # noqa: F811
+    """Checked before the body is read: a client without the token learns that, whatever it sent."""
+    json_type = {"Content-Type": "application/json"}
     with live_server.client(auth=False) as http:
-        missing = http.request(method, path, json={})
-        wrong = http.request(method, path, json={}, headers={"Authorization": "Bearer nope"})
+        missing = http.request(method, path, content=body, headers=json_type)
+        wrong = http.request(method, path, content=body, headers={**json_type, "Authorization": "Bearer nope"})
+        not_bearer = http.request(method, path, content=body, headers={**json_type, "Authorization": "Basic eDp5"})
     assert missing.status_code == 401 and "bearer token" in missing.json()["detail"]
     assert missing.headers["www-authenticate"] == "Bearer"
     assert wrong.status_code == 401 and wrong.json()["detail"] == "invalid bearer token"
+    assert not_bearer.status_code == 401 and "missing bearer token" in not_bearer.json()["detail"]
 
 
 def test_reads_need_no_token(anon, trained_run):
@@ -388,6 +426,39 @@ def test_cli_runs_verbs(live_server, trained_run, api):  # noqa: F811
     assert denied.returncode == 1 and "401" in denied.stderr and "bearer token" in denied.stderr
     missing = falcon_lite("runs", "show", "987654", "--server", live_server.url)
     assert missing.returncode == 1 and "404" in missing.stderr
+
+
+def test_cli_runs_delete(live_server, api):  # noqa: F811
+    run_id = api.create_run({"name": "cli-delete"}, start=False)["id"]
+    deleted = falcon_lite("runs", "delete", str(run_id), "--server", live_server.url)
+    assert (deleted.returncode, deleted.stdout) == (0, f"run {run_id} deleted\n"), deleted.stderr
+    with pytest.raises(ApiError) as err:
+        api.get_run(run_id)
+    assert err.value.status == 404
+    again = falcon_lite("runs", "delete", str(run_id), "--server", live_server.url)
+    assert again.returncode == 1 and f"404 run {run_id} not found" in again.stderr.replace(":", "")
+
+
+def test_cli_prints_a_422_as_one_line_per_field(live_server):  # noqa: F811
+    out = falcon_lite("runs", "start", "--no-start", "--prior-fraction", "3", "--server", live_server.url)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "error: POST /runs -> 422:",
+        "  buffer.prior_fraction: Value error, must be greater than or equal to 0 and less than or equal to 1, got 3.0",
+    ]
+
+
+def test_cli_stops_quietly_when_its_reader_goes_away(live_server, api):  # noqa: F811
+    """`falcon-lite runs ls | head -1`: the pipe closes before the listing is written."""
+    for i in range(3):
+        api.create_run({"name": f"piped-{i}"}, start=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_LITE_")}
+    proc = subprocess.Popen([sys.executable, "-m", "falcon_lite.cli", "runs", "ls", "--limit", "500", "--server",
+                             live_server.url], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert stderr == ""
 
 
 def test_cli_reports_an_unreachable_server():

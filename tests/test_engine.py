@@ -221,7 +221,7 @@ def test_stress_writes_the_contract(tmp_path):
     base = small(**{"training.steps": 40})
     doc = run_stress({"buffer.prior_fraction": [0.0, 0.5]}, seeds=2, steps=40, out_dir=tmp_path, workers=2, base=base)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["runs"] == doc["runs"] and len(saved["runs"]) == 4
+    assert saved["runs"] == doc["runs"] and len(saved["runs"]) == 4 and saved["complete"] is True
     for row in saved["runs"]:
         assert RESULT_KEYS <= set(row)
         assert row["outcome"] in {"calibrated", "exploded", "miscalibrated", "diverged"}
@@ -240,6 +240,24 @@ def test_policies_share_draws_during_warm_up(tmp_path):
     run_stress({"buffer.prior_fraction": [0.0, 0.5]}, seeds=1, steps=15, out_dir=tmp_path, base=base)
     series = json.loads((tmp_path / "series.json").read_text())
     assert series[0]["std_ratio"] == series[1]["std_ratio"]
+
+
+def test_interrupted_stress_keeps_the_runs_that_finished(tmp_path):
+    """Ctrl-C or a cancelled job: results.json (``"complete": false``) and the report of what finished."""
+    base = small(**{"training.steps": 10})
+
+    def interrupt_after_the_first(done: int, total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stress({"buffer.prior_fraction": [0.0, 0.5]}, seeds=1, steps=10, out_dir=tmp_path, base=base,
+                   progress=interrupt_after_the_first)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["complete"] is False
+    assert [(r["overrides"], r["seed"], r["steps"]) for r in saved["runs"]] == [({"buffer.prior_fraction": 0.0}, 0, 10)]
+    assert len(json.loads((tmp_path / "series.json").read_text())) == 1
+    assert "1 runs" in (tmp_path / "report.md").read_text()
 
 
 def test_stress_rejects_a_bad_grid_up_front(tmp_path):

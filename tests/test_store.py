@@ -75,7 +75,7 @@ def test_store_refuses_a_database_without_schema(raw_db_url):
 def test_store_refuses_an_unknown_revision(engine):
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
-    with pytest.raises(SchemaError, match=r"revision f00d, this falcon-lite needs 0001: run `falcon-lite migrate`"):
+    with pytest.raises(SchemaError, match=r"revision f00d, this falcon-lite needs 0002: run `falcon-lite migrate`"):
         check_schema(engine)
 
 
@@ -102,6 +102,60 @@ def test_models_and_migrations_do_not_drift(engine):
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
         assert compare_metadata(context, Base.metadata) == []
+
+
+def test_run_ids_never_come_back_after_an_upgrade_from_0001(raw_db_url):
+    """A database made at 0001 keeps its runs and their rows through the upgrade, and from
+    then on a deleted run's id is never given again (SQLite: AUTOINCREMENT; PostgreSQL: its
+    sequence), not even the newest one's. (A run deleted *before* the upgrade left no trace
+    on SQLite: the newest such id can come back once.)"""
+    assert migrate(raw_db_url, revision="0001") == "0001"
+    engine = make_engine(raw_db_url)
+    try:
+        factory = session_factory(engine)
+        kept, newest_before = new_run(engine), new_run(engine)
+        with factory.begin() as s:  # (the sample store refuses a schema older than this code's)
+            s.add_all(Sample(run_id=kept, seq=i, status=1, origin=PRIOR, step=0, theta=b"t", x=b"x",
+                             log_q=0.0, log_prior=0.0, version=1) for i in range(8))
+            runs.add_metrics(s, kept, [{"step": 1, "loss": 1.0}])
+            runs.save_checkpoint(s, kept, 1, b"abc")
+            runs.set_status(s, kept, "running")
+        before = {t: _count(engine, t) for t in ("samples", "status_counts", "metrics", "events", "checkpoints")}
+        engine.dispose()
+
+        assert migrate(raw_db_url) == SCHEMA_REVISION
+        check_schema(engine)
+        with factory.begin() as s:
+            run = runs.get_run(s, kept)
+            assert (run.name, run.status) == ("t", "running")
+            assert runs.latest_checkpoint(s, kept) == (1, b"abc")
+        assert {t: _count(engine, t) for t in before} == before
+        if engine.dialect.name == "sqlite":
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+
+        with factory.begin() as s:
+            runs.delete_run(s, newest_before)
+        seen = {kept, newest_before}
+        for _ in range(3):
+            newest = new_run(engine)
+            assert newest not in seen and newest > max(seen)
+            seen.add(newest)
+            with factory.begin() as s:
+                runs.delete_run(s, newest)
+        with factory.begin() as s:  # the cascade from runs still reaches the rebuilt table's children
+            runs.set_status(s, kept, "stopped")
+            runs.delete_run(s, kept)
+        assert all(_count(engine, t) == 0 for t in before)
+        assert new_run(engine) > max(seen)
+    finally:
+        engine.dispose()
+
+
+def _count(engine, table: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
 
 
 def test_sqlite_engine_settings(tmp_path):

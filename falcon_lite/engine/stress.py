@@ -127,25 +127,41 @@ def run_stress(
     base: RunConfig | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Run the matrix and write results.json, report.md and plots into `out_dir`."""
-    from falcon_lite.engine.report import write_report
+    """Run the matrix and write results.json, report.md and plots into `out_dir`.
 
+    Interrupted (Ctrl-C, a cancelled job: any exception), it still writes what finished,
+    with ``"complete": false`` in results.json (a report too, if any run finished), then
+    raises again.
+    """
     jobs = plan(grid, seeds, steps, base)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    if workers <= 1:
-        for job in jobs:
-            results.append(run_job(job))
-            if progress:
-                progress(len(results), len(jobs))
-    else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
-            futures = [pool.submit(run_job, job) for job in jobs]
-            for future in as_completed(futures):
-                results.append(future.result())
+    try:
+        if workers <= 1:
+            for job in jobs:
+                results.append(run_job(job))
                 if progress:
                     progress(len(results), len(jobs))
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+                futures = [pool.submit(run_job, job) for job in jobs]
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    if progress:
+                        progress(len(results), len(jobs))
+    except BaseException:
+        _write(out_dir, jobs, results, grid, seeds, steps, base, complete=False)
+        raise
+    return _write(out_dir, jobs, results, grid, seeds, steps, base, complete=True)
+
+
+def _write(out_dir: Path, jobs: list[dict], results: list[dict], grid: dict, seeds: int, steps: int,
+           base: RunConfig | None, complete: bool) -> dict:
+    """results.json and series.json of the runs that finished, in plan order; the report and
+    plots when there is at least one."""
+    from falcon_lite.engine.report import write_report
+
     order = {(json.dumps(j["overrides"], sort_keys=True), j["seed"]): i for i, j in enumerate(jobs)}
     results.sort(key=lambda r: order[(json.dumps(r["overrides"], sort_keys=True), r["seed"])])
     series = [r.pop("_series") for r in results]
@@ -155,10 +171,12 @@ def run_stress(
         "seeds": seeds,
         "steps": steps,
         "base": (base or RunConfig()).model_dump(mode="json"),
+        "complete": complete,  # false: interrupted, `runs` holds those that finished
     }
     (out_dir / "results.json").write_text(json.dumps(document, indent=2))
     (out_dir / "series.json").write_text(json.dumps(series))
-    write_report(out_dir, results, series, grid)
+    if results:
+        write_report(out_dir, results, series, grid)
     return document
 
 

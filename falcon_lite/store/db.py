@@ -3,7 +3,8 @@
 - `make_engine(url)`: SQLite files run in WAL mode with foreign keys on and a busy
   timeout (the parent directory is created); PostgreSQL goes through psycopg 3
   (``postgresql+psycopg://``; a bare ``postgresql://`` URL is read the same way).
-- `migrate(url)`: upgrade to the newest Alembic revision, programmatically. The Alembic
+- `migrate(url)`: upgrade to the newest Alembic revision, programmatically (on SQLite
+  with foreign-key enforcement off while it runs: see `migration_engine`). The Alembic
   scripts live in the top-level ``migrations/`` folder next to the ``falcon_lite``
   package (a source checkout or editable install); `migrate` finds them there from any
   working directory. ``FALCON_LITE_MIGRATIONS`` is *not* read here (store code never
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from falcon_lite.store.errors import SchemaError
 
 # The Alembic revision this code was written for (tests check it is the scripts' head).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
@@ -138,7 +139,7 @@ def migrate(url: str, revision: str = "head", script_location: Path | str | None
     from alembic import command
 
     config = alembic_config(url, script_location)
-    engine = make_engine(url)
+    engine = migration_engine(url)
     try:
         with engine.begin() as connection:
             config.attributes["connection"] = connection
@@ -146,6 +147,21 @@ def migrate(url: str, revision: str = "head", script_location: Path | str | None
         return current_revision(engine) or ""
     finally:
         engine.dispose()
+
+
+def migration_engine(url: str) -> Engine:
+    """An engine to migrate with: on SQLite, foreign-key enforcement is off on its
+    connections, as SQLite's table-rebuild procedure needs (dropping a rebuilt parent
+    table would otherwise cascade into its children); migrations that rebuild a table
+    check the keys themselves afterwards (``PRAGMA foreign_key_check``)."""
+    engine = make_engine(url)
+    if is_sqlite(engine):
+
+        @event.listens_for(engine, "connect")
+        def _foreign_keys_off(dbapi_connection, connection_record) -> None:  # noqa: ARG001
+            dbapi_connection.execute("PRAGMA foreign_keys = OFF")  # after make_engine's ON
+
+    return engine
 
 
 def current_revision(engine: Engine) -> str | None:

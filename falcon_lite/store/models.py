@@ -2,7 +2,8 @@
 
 Tables:
 
-- ``runs``: one inference problem; lifecycle status, config JSON and the buffer's counters
+- ``runs``: one inference problem (ids are never reused: AUTOINCREMENT on SQLite, a
+  sequence on PostgreSQL); lifecycle status, config JSON and the buffer's counters
   (``next_seq`` the next sample number, ``version`` bumped by every buffer change,
   ``appended``/``rejected``/``purged`` sample counts).
 - ``samples``: one row per stored sample, primary key ``(run_id, seq)``. ``status`` and
@@ -83,6 +84,8 @@ def _fk_run() -> ForeignKey:
 
 class Run(Base):
     __tablename__ = "runs"
+    # SQLite: never hand out a deleted run's id again (PostgreSQL's sequence never does).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(200))

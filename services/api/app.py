@@ -18,11 +18,11 @@ from falcon_lite import __version__
 from falcon_lite.settings import Settings, get_settings
 from falcon_lite.store.db import check_schema, make_engine, session_factory
 from services.api import queries
-from services.api.deps import AppContext
+from services.api.deps import AppContext, AuthMiddleware
 from services.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from services.api.metrics import ApiMetrics
 from services.api.routes import runs, stress, system
-from services.api.stress_jobs import StressJobs
+from services.api.stress_jobs import StressJobs, StressLimits
 
 POOL_SIZE = 20
 MAX_OVERFLOW = 25
@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # PRAGMAs each time on SQLite.
     engine = make_engine(settings.db_url, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
     ctx = AppContext(settings=settings, engine=engine, sessions=session_factory(engine))
-    ctx.jobs = StressJobs(settings.data_dir / "stress")
+    ctx.jobs = StressJobs(settings.data_dir / "stress", StressLimits.from_settings(settings))
     ctx.metrics = ApiMetrics(lambda: queries.snapshot(ctx))
 
     @asynccontextmanager
@@ -61,8 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stress.router)
     app.include_router(system.router)
     app.mount("/static", StaticFiles(directory=system.STATIC), name="static")
-    # Outermost first when the request comes in: id + 500s, timing, body limit.
+    # Outermost first when the request comes in: id + 500s, timing, auth, body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AuthMiddleware, token=settings.api_token)
     app.add_middleware(lambda inner: ctx.metrics.middleware(inner))
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -4,7 +4,7 @@
   the API and dashboard (SQLite file by default or ``DATABASE_URL``; local Ray or
   ``RAY_ADDRESS``). No line per request unless ``--access-log``: pollers make many, and
   the Prometheus histogram at ``/metrics`` counts them.
-- ``runs ls|start|stop|resume|show`` over REST (``--server URL``, default
+- ``runs ls|start|stop|resume|show|delete`` over REST (``--server URL``, default
   http://127.0.0.1:8000; the token comes from ``FALCON_LITE_API_TOKEN``).
 - ``remote-stress``: a stress matrix run by a server, its report written locally
   (``falcon-lite stress --server URL`` does the same through `Client.stress_and_wait`).
@@ -60,7 +60,9 @@ def cmd_runs_ls(args: argparse.Namespace) -> int:
 
 def cmd_runs_start(args: argparse.Namespace) -> int:
     """Create a run from a config file and/or flags, and start it (unless --no-start)."""
-    config = json.loads(Path(args.config).read_text()) if args.config else {}
+    from falcon_lite.commands import read_config_dict
+
+    config = read_config_dict(args.config) if args.config else {}
     if args.name:
         config["name"] = args.name
     if args.prior_fraction is not None:
@@ -81,6 +83,13 @@ def _action(name: str):
     return run
 
 
+def cmd_runs_delete(args: argparse.Namespace) -> int:
+    with _client(args) as api:
+        api.delete(args.run_id)
+    print(f"run {args.run_id} deleted")
+    return 0
+
+
 def cmd_runs_show(args: argparse.Namespace) -> int:
     with _client(args) as api:
         _print({**api.get_run(args.run_id), "buffer": api.buffer(args.run_id)})
@@ -97,9 +106,9 @@ def remote_stress(server: str, grid: dict[str, list], seeds: int, steps: int, ou
 
 
 def cmd_remote_stress(args: argparse.Namespace) -> int:
-    from falcon_lite.commands import parse_grid
+    from falcon_lite.commands import parse_grid, read_config_dict
 
-    base = json.loads(Path(args.base).read_text()) if args.base else None
+    base = read_config_dict(args.base) if args.base else None
     document = remote_stress(args.server, parse_grid(args.grid or []), args.seeds, args.steps, args.out, base)
     print((Path(args.out) / "report.md").read_text())
     print(f"{len(document['runs'])} runs; results in {args.out}/results.json")
@@ -158,6 +167,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("show", parents=[server], help="a run's status, diagnostics and buffer")
     p.add_argument("run_id", type=int)
     p.set_defaults(func=_with_errors(cmd_runs_show))
+    p = verbs.add_parser("delete", parents=[server], help="delete a run that is not running, with its samples")
+    p.add_argument("run_id", type=int)
+    p.set_defaults(func=_with_errors(cmd_runs_delete))
 
     p = sub.add_parser("remote-stress", parents=[server], help="run a stress matrix on a server")
     p.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="dotted config key and its values")

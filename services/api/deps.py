@@ -12,6 +12,7 @@ dependency in the threadpool, a thread switch per request for nothing.
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
@@ -129,24 +130,60 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
 _bearer = HTTPBearer(auto_error=False, description="FALCON_LITE_API_TOKEN, when the server sets one")
+MISSING_TOKEN = ("missing bearer token: this server requires 'Authorization: Bearer <token>' "
+                 "on mutating calls (FALCON_LITE_API_TOKEN)")
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def token_problem(expected: str | None, authorization: str | None) -> str | None:
+    """Why an ``Authorization`` header does not admit a mutating call, or None if it does."""
+    if not expected:
+        return None
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return MISSING_TOKEN
+    if not secrets.compare_digest(token.strip().encode(), expected.encode()):
+        return "invalid bearer token"
+    return None
 
 
 async def require_token(
     ctx: CtxDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
-    """When the server has a token, a mutating call must carry it as a bearer token."""
-    expected = ctx.settings.api_token
-    if not expected:
-        return
-    if credentials is None:
-        raise HTTPException(
-            401,
-            "missing bearer token: this server requires 'Authorization: Bearer <token>' "
-            "on mutating calls (FALCON_LITE_API_TOKEN)",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+    """When the server has a token, a mutating call must carry it as a bearer token.
+
+    `AuthMiddleware` enforces this before a body is read; the dependency says so in the
+    OpenAPI document (and checks again, for an app mounted without the middleware).
+    """
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    problem = token_problem(ctx.settings.api_token, header)
+    if problem:
+        raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
 
 AuthDep = Depends(require_token)
+
+
+class AuthMiddleware:
+    """Refuse a mutating call (any method but GET/HEAD/OPTIONS) without the server's bearer
+    token with 401 before its body is read, so that an unauthenticated client learns that
+    it must authenticate, not what is wrong with its body."""
+
+    def __init__(self, app, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and self.token and scope["method"] not in READ_METHODS:
+            headers = dict(scope.get("headers") or [])
+            authorization = headers.get(b"authorization", b"").decode("latin-1")
+            problem = token_problem(self.token, authorization)
+            if problem:
+                body = json.dumps({"detail": problem}).encode()
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode()),
+                                        (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

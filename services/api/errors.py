@@ -4,7 +4,10 @@ Domain errors raised below the service layer become status codes here and nowher
 
 - ``NotFoundError`` -> 404, ``ConflictError`` -> 409,
 - ``SchemaError`` and an unreachable database or Ray cluster -> 503,
-- request validation -> 422 with pydantic's ``loc``/``msg``/``type`` list (FastAPI's own shape),
+- request validation -> 422 with pydantic's ``loc``/``msg``/``type`` list (FastAPI's own shape);
+  a body sent with another ``Content-Type`` than JSON -> 415 saying to send JSON,
+- ``LimitError`` (a request over a configured cap) -> 422 in the same list shape, naming
+  the field and the setting,
 - anything unexpected -> 500 ``{"detail": ..., "request_id": ...}``, traceback only in the log.
 
 Two small ASGI middlewares live here too: one gives every request an id (header
@@ -19,6 +22,8 @@ import logging
 import uuid
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, InterfaceError
 
@@ -31,6 +36,19 @@ class UnavailableError(RuntimeError):
     """A backing service (database, Ray) cannot be reached; answered as 503."""
 
 
+class LimitError(ValueError):
+    """A request asks for more than a configured cap allows; answered as 422 naming `loc`."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _detail(exc: BaseException, fallback: str) -> str:
     text = str(exc).strip()
     return text or fallback
@@ -38,6 +56,20 @@ def _detail(exc: BaseException, fallback: str) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map domain errors to HTTP responses (the only place that does so)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        content_type = request.headers.get("content-type")
+        if content_type and not _is_json(content_type) and any(e["loc"][:1] == ("body",) for e in exc.errors()):
+            detail = (f"the request body must be JSON, sent with 'Content-Type: application/json' "
+                      f"(this request's Content-Type is {content_type!r})")
+            return JSONResponse({"detail": detail}, status_code=415)
+        return await request_validation_exception_handler(request, exc)
+
+    @app.exception_handler(LimitError)
+    async def _limit(request: Request, exc: LimitError) -> JSONResponse:
+        error = {"loc": list(exc.loc), "msg": str(exc), "type": "limit_exceeded"}
+        return JSONResponse({"detail": [error]}, status_code=422)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:

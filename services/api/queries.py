@@ -7,6 +7,7 @@ which is what "stop is idempotent" means for a run that has already stopped.
 
 from __future__ import annotations
 
+import numpy as np
 from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from falcon_lite.store.errors import ConflictError
 from falcon_lite.store.models import Metric, Run, StatusCount
 from falcon_lite.store.status import ACTIVE, LIVE
 from services.api.deps import AppContext
+from services.api.errors import LimitError
 from services.api.metrics import Snapshot
 from services.api.schemas import Accepted, RunPublic
 
@@ -105,10 +107,34 @@ def delete_run(ctx: AppContext, run_id: int) -> None:
         store_runs.delete_run(session, run_id)
 
 
-def posterior(ctx: AppContext, run_id: int, n: int):
-    """n draws from the run's current estimate, shape (n, dim); 404 before touching Ray."""
-    _status(ctx, run_id)
-    return ctx.control().posterior_samples(run_id, n)
+def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int, np.ndarray]:
+    """``(step, draws)``: n draws, shape (n, dim), from the estimate in the run's newest
+    checkpoint, made at that step. No Ray: the checkpoint is in the database.
+
+    `ConflictError` (409) before the first checkpoint after a training step: the network
+    is still the untrained one it started with. `LimitError` (422) when n x dim is over the configured cap.
+    """
+    from falcon_lite.engine.state import restore
+
+    with ctx.reading() as session:
+        config = store_runs.get_run(session, run_id).config
+        saved = store_runs.latest_checkpoint(session, run_id)
+    if saved is None or saved[0] < 1:  # (a run stopped before its first step saves step 0)
+        every = config.get("training", {}).get("checkpoint_every")
+        raise ConflictError(
+            f"run {run_id} has no checkpoint of a trained network yet, so there is no posterior "
+            f"to sample: one is written every {every} training steps (training.checkpoint_every) "
+            "and when the run stops"
+        )
+    step, blob = saved
+    state = restore(RunConfig.model_validate(config), blob)
+    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    cap = ctx.settings.posterior_max_values
+    if n * len(mean) > cap:
+        raise LimitError(("query", "n"), f"n = {n} samples of dimension {len(mean)} is {n * len(mean)} numbers, "
+                         f"over the limit of {cap} (FALCON_LITE_POSTERIOR_MAX_VALUES): "
+                         f"ask for at most {cap // len(mean)}")
+    return step, np.random.default_rng(seed).normal(mean, np.sqrt(var), size=(n, len(mean)))
 
 
 def buffer_of(connection: Connection, run_id: int) -> dict:

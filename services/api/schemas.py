@@ -124,6 +124,7 @@ class PosteriorPublic(BaseModel):
     """Samples drawn from the run's current posterior estimate, shape (n, dim)."""
 
     run_id: int
+    step: int = Field(description="the training step of the checkpoint they come from")
     n: int
     dim: int
     samples: list[list[float]]
@@ -176,12 +177,22 @@ class StressCreate(BaseModel):
         return self
 
 
+class StressProgress(BaseModel):
+    done: int = Field(description="runs finished")
+    total: int | None = Field(None, description="runs in the matrix (null until the worker has planned them)")
+
+
 class StressPublic(BaseModel):
-    """A stress job: its status and, once done, results.json, report.md and plot URLs."""
+    """A stress job: its status and, once done, results.json, report.md and plot URLs.
+
+    A cancelled job keeps the runs that finished: ``results`` (with ``"complete": false``)
+    and, if any run finished, ``report`` and ``plots``.
+    """
 
     id: str
-    status: Literal["queued", "running", "completed", "failed"]
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
     error: str | None = None
+    progress: StressProgress = Field(default_factory=lambda: StressProgress(done=0))
     request: dict[str, Any] | None = None
     results: dict[str, Any] | None = None
     report: str | None = None

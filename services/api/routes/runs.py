@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Path, Query, Request, Response
 
 from falcon_lite.store import runs as store_runs
 from services.api import queries
@@ -28,7 +28,9 @@ RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the run's id")]
 
 
 @router.post("", status_code=201, dependencies=[AuthDep], summary="Create a run (and start it)")
-def create_run(body: RunCreate, ctx: CtxDep) -> RunPublic:
+def create_run(
+    ctx: CtxDep, body: Annotated[RunCreate, Body(description="no body means `{}`")] = RunCreate()
+) -> RunPublic:
     run_id = queries.create_run(ctx, body.config(), start=body.start)
     with ctx.reading() as session:
         return queries.run_public(session, store_runs.get_run(session, run_id))
@@ -101,11 +103,13 @@ def get_events(
     return event_stream(ctx, run_id, request.headers.get("last-event-id") or last_event_id)
 
 
-@router.get("/{run_id}/posterior", summary="Samples from the run's current posterior estimate")
+@router.get("/{run_id}/posterior", summary="Samples from the run's newest checkpoint (409 before the first)")
 def get_posterior(
     run_id: RunId,
     ctx: CtxDep,
-    n: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    n: Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
+                                                          "FALCON_LITE_POSTERIOR_MAX_VALUES")] = 1000,
 ) -> PosteriorPublic:
-    samples = queries.posterior(ctx, run_id, n)
-    return PosteriorPublic(run_id=run_id, n=samples.shape[0], dim=samples.shape[1], samples=samples.tolist())
+    step, samples = queries.posterior(ctx, run_id, n)
+    return PosteriorPublic(run_id=run_id, step=step, n=samples.shape[0], dim=samples.shape[1],
+                           samples=samples.tolist())

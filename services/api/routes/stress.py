@@ -1,4 +1,4 @@
-"""Routes under ``/stress``: launch a stress matrix, read its status, report and plots."""
+"""Routes under ``/stress``: launch a stress matrix, read its status, report and plots, cancel it."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def create_stress(body: StressCreate, request: Request, ctx: CtxDep) -> StressPu
 @router.get("/{job_id}", summary="A stress job: status, results.json, report.md and plot URLs")
 def get_stress(job_id: JobId, request: Request, ctx: CtxDep) -> StressPublic:
     return _public(request, ctx.jobs.status(job_id))
+
+
+@router.delete("/{job_id}", dependencies=[AuthDep],
+               summary="Cancel a stress job: end its worker, keep the runs that finished (a no-op once ended)")
+def cancel_stress(job_id: JobId, request: Request, ctx: CtxDep) -> StressPublic:
+    return _public(request, ctx.jobs.cancel(job_id))
 
 
 @router.get("/{job_id}/plots/{name}", summary="One PNG plot of a finished stress job",
