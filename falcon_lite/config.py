@@ -71,10 +71,64 @@ class PriorConfig(Strict):
         return self
 
 
+class ProblemConfig(Strict):
+    """A registered problem (entry-point group ``falcon_lite.problems``), its factory's
+    parameters, and the observation: a named one of the problem's, or ``x_obs`` itself
+    (nested lists of the shape of x); neither means the problem's first observation."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+                      description="A registered problem (GET /problems lists them).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Keyword parameters of the problem's factory.")
+    observation: str | None = Field(default=None, description="One of the problem's named observations.")
+    x_obs: Any = Field(default=None, description="The observed x (nested lists of the shape of x).")
+
+    @field_validator("x_obs")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        try:
+            values = [float(f) for f in _flatten(v)]
+        except (TypeError, ValueError):
+            raise ValueError("must be a number or nested lists of numbers") from None
+        if not values or not all(math.isfinite(f) for f in values):
+            raise ValueError("must hold at least one value, all finite")
+        return v
+
+    @model_validator(mode="after")
+    def _one_observation(self) -> ProblemConfig:
+        if self.observation is not None and self.x_obs is not None:
+            raise ValueError("give observation or x_obs, not both")
+        return self
+
+
+def _flatten(v: Any):
+    if isinstance(v, (list, tuple)):
+        for item in v:
+            yield from _flatten(item)
+    else:
+        if isinstance(v, bool):
+            raise TypeError("a boolean is not a number")
+        yield v
+
+
 # Named estimator settings. "calibrated": a residual mean head, mu(x) = base(x) + base'(x) r(x) with
 # base the simulator's known inverse, on online-standardised inputs and outputs; it stays
 # calibrated with prior mixing (docs/calibration.md).
 PRESETS: dict[str, dict[str, Any]] = {"calibrated": {"residual": True, "normalize": True, "residual_base": "auto"}}
+
+
+class EmbeddingConfig(Strict):
+    """What the estimator conditions on instead of the raw x (falcon_lite/core/embeddings.py):
+    ``identity`` (x flattened), ``mlp``, ``cnn1d`` (series), or a registered plugin
+    (entry-point group ``falcon_lite.embeddings``) with its factory's ``params``."""
+
+    name: str = Field("identity", min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64], description="mlp: hidden widths")
+    features: PositiveInt = Field(16, description="mlp, cnn1d: features out")
+    channels: list[PositiveInt] = Field(default_factory=lambda: [8, 16], description="cnn1d: channels per layer")
+    kernel: PositiveInt = Field(5, description="cnn1d: kernel size")
+    params: dict[str, Any] = Field(default_factory=dict, description="a plugin's factory parameters")
 
 
 class EstimatorConfig(Strict):
@@ -103,6 +157,7 @@ class EstimatorConfig(Strict):
         "training batch's proposal-origin rows only (the region of x_obs, where the width is measured).",
     )
     importance_weighting: bool = False
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 
     @model_validator(mode="after")
     def _base_is_for_the_posterior(self) -> EstimatorConfig:
@@ -221,6 +276,11 @@ class RuntimeConfig(Strict):
 
 class RunConfig(Strict):
     name: str = Field("run", min_length=1, max_length=200)
+    problem: ProblemConfig | None = Field(
+        default=None,
+        description="The problem (v2). Without it the v1 sections `simulator` and `prior` name the built-in "
+        "problem (`gaussian` or `exp_noise`) and its parameters: the same run.",
+    )
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     estimator: EstimatorConfig = Field(default_factory=EstimatorConfig)
@@ -229,9 +289,22 @@ class RunConfig(Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
-    @property
-    def dim(self) -> int:
-        return self.simulator.dim
+    @model_validator(mode="after")
+    def _one_problem(self) -> RunConfig:
+        if self.problem is not None and ({"simulator", "prior"} & self.model_fields_set):
+            raise ValueError("give either `problem` or the v1 sections `simulator` and `prior`, not both")
+        return self
+
+    def problem_spec(self) -> ProblemConfig:
+        """The problem this run infers, the v1 sections translated to their built-in plugin."""
+        if self.problem is not None:
+            return self.problem
+        s, p = self.simulator, self.prior
+        params: dict[str, Any] = {"dim": s.dim, "sigma_obs": s.sigma_obs, "prior": p.name, "loc": p.loc,
+                                  "scale": p.scale, "low": p.low, "high": p.high}
+        if s.z_true is not None:
+            params["z_true"] = list(s.z_true)
+        return ProblemConfig(name=s.name, params=params, x_obs=list(s.x_obs))
 
     @field_validator("name")
     @classmethod

@@ -18,10 +18,9 @@ from falcon_lite.config import RunConfig
 from falcon_lite.core.alarm import Alarm
 from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.policy import AdaptiveQuota
-from falcon_lite.core.priors import make_prior
 from falcon_lite.core.protocols import Estimator, Prior, Simulator
-from falcon_lite.core.simulators import make_simulator
 from falcon_lite.core.training import Optimizer, make_optimizer
+from falcon_lite.engine.problem import bind_problem, embedding_plugin
 from falcon_lite.engine.streams import INIT, rng
 
 
@@ -40,7 +39,7 @@ class RunState:
     drawn_total: int = 0
     alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
     quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
-    truth: tuple[np.ndarray, np.ndarray] = field(default=None)  # true posterior (mean, std)
+    truth: tuple[np.ndarray, np.ndarray] | None = field(default=None)  # reference posterior (mean, std), if any
     at_obs: tuple | None = field(default=None, repr=False)  # (step, mean, var): loop.posterior_at_obs's cache
     sound: dict | None = field(default=None, repr=False)  # the last healthy snapshot (adaptive rollback)
     rollbacks: int = 0
@@ -105,11 +104,12 @@ class RunState:
 def new_state(config: RunConfig) -> RunState:
     """Build a run's components from its config; the network's initial weights follow the seed."""
     torch.set_num_threads(1)
-    simulator = make_simulator(config.simulator)
-    prior = make_prior(config.prior, simulator.dim)
+    simulator = bind_problem(config)
+    prior = simulator.prior
     generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
     estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator,
-                               residual_base=simulator.residual_base)
+                               residual_base=simulator.residual_base, x_shape=simulator.x_shape,
+                               embedding_plugin=embedding_plugin(config))
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
     quota = None

@@ -29,6 +29,7 @@ from falcon_lite.config import RunConfig
 from falcon_lite.core.samples import Delta, Samples
 from falcon_lite.engine import loop
 from falcon_lite.engine.driver import BatchWriter
+from falcon_lite.engine.problem import bind_problem
 from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine
 
@@ -45,11 +46,8 @@ def one_thread() -> None:
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class ProposalSampler:
     def __init__(self, config: dict):
-        from falcon_lite.core.priors import make_prior
-        from falcon_lite.core.simulators import make_simulator
-
         self.config = RunConfig.model_validate(config)
-        self.prior = make_prior(self.config.prior, make_simulator(self.config.simulator).dim)
+        self.prior = bind_problem(self.config).prior
 
     def propose(self, step: int, steer: tuple) -> Samples:
         """`steer`: the trainer's (posterior or None, prior fraction) for this batch."""
@@ -60,10 +58,8 @@ class ProposalSampler:
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
 class SimulatorActor:
     def __init__(self, config: dict, index: int):
-        from falcon_lite.core.simulators import make_simulator
-
         self.config = RunConfig.model_validate(config)
-        self.simulator = make_simulator(self.config.simulator)
+        self.simulator = bind_problem(self.config)
         self.fail_every = self.config.runtime.simulator_fail_every
         self.calls = 0
         self.index = index
@@ -78,7 +74,7 @@ class SimulatorActor:
                 raise RuntimeError(f"injected failure on call {self.calls}")
             return loop.simulate(self.simulator, proposed, self.config.training.seed), node
         except Exception:  # the batch is rejected and counted; the run goes on
-            return proposed.with_x(np.full((len(proposed), *np.shape(self.simulator.x_obs)), np.nan)), node
+            return proposed.with_x(np.full((len(proposed), *self.simulator.x_shape), np.nan)), node
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0)
@@ -88,9 +84,11 @@ class Writer:
 
     def __init__(self, run_id: int, database_url: str, config: dict):
         config = RunConfig.model_validate(config)
+        problem = bind_problem(config)
         self.engine = make_engine(database_url)
         sizes = loop.sizes_for(config, config.buffer.initial_fraction)
-        self.writer = BatchWriter(SampleStore(self.engine, run_id, sizes, config.dim, config.estimator.dtype), config)
+        store = SampleStore(self.engine, run_id, sizes, problem.dim, config.estimator.dtype, x_shape=problem.x_shape)
+        self.writer = BatchWriter(store, config)
 
     def append(self, simulated: Simulated, fraction: float) -> Delta:
         """Store one batch under the quota `fraction` it was drawn with."""

@@ -155,7 +155,7 @@ def migration_engine(url: str) -> Engine:
     table would otherwise cascade into its children); migrations that rebuild a table
     check the keys themselves afterwards (``PRAGMA foreign_key_check``)."""
     engine = make_engine(url)
-    if is_sqlite(engine):
+    if make_url(normalize_url(url)).get_backend_name() == "sqlite":
 
         @event.listens_for(engine, "connect")
         def _foreign_keys_off(dbapi_connection, connection_record) -> None:  # noqa: ARG001

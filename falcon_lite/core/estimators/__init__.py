@@ -24,15 +24,18 @@ __all__ = ["ESTIMATORS", "Estimator", "GaussianEMA", "GaussianHead", "GaussianNL
 
 
 def make_estimator(cfg, dim: int, prior, generator: torch.Generator | None = None, *,
-                   residual_base: str = "identity") -> Estimator:
+                   residual_base: str = "identity", x_shape: tuple[int, ...] | None = None,
+                   embedding_plugin=None) -> Estimator:
     """Build the estimator named by ``cfg.name`` (an EstimatorConfig) for a ``dim``-dim problem.
 
     The initial weights come from ``generator`` if given, else from torch's global generator
     (which the caller seeds). `residual_base` is the simulator's known inverse, for an estimator
-    whose config says ``residual_base = "auto"``.
+    whose config says ``residual_base = "auto"``; `x_shape` the shape of one x (default
+    ``(dim,)``); `embedding_plugin` the factory of a plugin embedding the config names.
     """
     try:
         cls = ESTIMATORS[cfg.name]
     except KeyError:
         raise ValueError(f"unknown estimator {cfg.name!r}; known: {sorted(ESTIMATORS)}") from None
-    return cls(cfg, dim, prior, generator, residual_base=residual_base)
+    return cls(cfg, dim, prior, generator, residual_base=residual_base, x_shape=x_shape,
+               embedding_plugin=embedding_plugin)

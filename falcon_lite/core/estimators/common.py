@@ -8,12 +8,14 @@ import torch
 from falcon_lite.core.estimators.head import GaussianHead
 
 
-def head_from_config(cfg, dim: int, generator: torch.Generator | None, auto_base: str = "identity") -> GaussianHead:
-    """The GaussianHead an EstimatorConfig describes; ``residual_base = "auto"`` means `auto_base`."""
+def head_from_config(cfg, dim: int, generator: torch.Generator | None, auto_base: str = "identity",
+                     in_dim: int | None = None) -> GaussianHead:
+    """The GaussianHead an EstimatorConfig describes (output `dim`, input `in_dim`, default `dim`);
+    ``residual_base = "auto"`` means `auto_base`."""
     base = auto_base if cfg.residual_base == "auto" else cfg.residual_base
     return GaussianHead(dim, list(cfg.hidden), cfg.activation, cfg.dtype, cfg.ema_momentum,
                         cfg.normalize, cfg.residual, cfg.loss, generator, residual_base=base,
-                        center_output=cfg.center_output)
+                        center_output=cfg.center_output, in_dim=in_dim)
 
 
 def gaussian_sample(mean: np.ndarray, var: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:

@@ -67,8 +67,13 @@ class GaussianHead(nn.Module):
     def __init__(self, dim: int, hidden: list[int], activation: str = "tanh", dtype: str = "float64",
                  ema_momentum: float = 0.01, normalize: bool = False, residual: bool = False,
                  loss: str = "mse", generator: torch.Generator | None = None, residual_base: str = "identity",
-                 center_output: bool = True):
+                 center_output: bool = True, in_dim: int | None = None):
+        """`dim`: the output's size; `in_dim`: the input's (default `dim`)."""
         super().__init__()
+        in_dim = dim if in_dim is None else in_dim
+        if residual and in_dim != dim:
+            raise ValueError(f"a residual head needs an input of the output's size ({dim}), got {in_dim}: "
+                             "the known inverse maps x to theta value by value")
         if loss not in ("mse", "nll"):
             raise ValueError(f"unknown loss {loss!r}; known: ['mse', 'nll']")
         self.dtype = DTYPES[dtype]
@@ -78,7 +83,7 @@ class GaussianHead(nn.Module):
             raise ValueError(f"unknown residual_base {residual_base!r}; known: ['identity', 'log']")
         self.log_base = residual_base == "log"
         self.center_output = center_output
-        self.net = mlp(dim, hidden, dim, activation, self.dtype)
+        self.net = mlp(in_dim, hidden, dim, activation, self.dtype)
         if generator is not None:
             init_from(self.net, generator)
         if residual:
@@ -91,12 +96,13 @@ class GaussianHead(nn.Module):
         else:
             self.register_buffer("log_var", zeros.clone())
         if normalize:
-            for name, init in (("in_mean", 0.0), ("in_std", 1.0), ("out_mean", 0.0), ("out_std", 1.0)):
-                self.register_buffer(name, torch.full((dim,), init, dtype=self.dtype))
+            for name, init, size in (("in_mean", 0.0, in_dim), ("in_std", 1.0, in_dim), ("out_mean", 0.0, dim),
+                                     ("out_std", 1.0, dim)):
+                self.register_buffer(name, torch.full((size,), init, dtype=self.dtype))
             self.register_buffer("norm_count", torch.zeros((), dtype=torch.long))
 
     def mean(self, inp: torch.Tensor) -> torch.Tensor:
-        """(n, D) -> (n, D): the predicted mean of out."""
+        """(n, in_dim) -> (n, D): the predicted mean of out."""
         h = (inp - self.in_mean) / self.in_std if self.normalize else inp
         u = self.net(h)
         if self.normalize:
@@ -152,7 +158,7 @@ class GaussianHead(nn.Module):
     def variance(self, inp: torch.Tensor) -> torch.Tensor:
         """The predicted variance of out at each row of inp (n, D): exp(log_var), times the
         residual unit squared under residual_base="log" (the width scales as 1 / x)."""
-        var = torch.exp(self.log_var).expand(inp.shape)
+        var = torch.exp(self.log_var).expand(len(inp), self.dim)
         if self.residual and self.log_base:
             var = var * self.unit(inp) ** 2
         return var

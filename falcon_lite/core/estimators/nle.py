@@ -33,11 +33,17 @@ class GaussianNLE(nn.Module):
     amortized = False  # each posterior is a MAP search, warm-started from the last one
 
     def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
-                 residual_base: str = "identity"):
+                 residual_base: str = "identity", x_shape: tuple[int, ...] | None = None, embedding_plugin=None):
         """`residual_base`: the simulator's known inverse, which a likelihood's head (theta -> x)
-        does not use: ``residual_base = "auto"`` is the identity here."""
+        does not use: ``residual_base = "auto"`` is the identity here. A likelihood models the raw
+        x: it takes x of ``dim`` values only, and no embedding."""
         super().__init__()
-        del residual_base
+        del residual_base, embedding_plugin
+        if x_shape is not None and tuple(x_shape) != (dim,):
+            raise ValueError(f"gaussian_nle models x of as many values as theta ({dim}), got x of shape "
+                             f"{tuple(x_shape)}: use gaussian_ema")
+        if cfg.embedding.name != "identity":
+            raise ValueError("gaussian_nle models the raw x: estimator.embedding must be identity")
         self.dim, self.prior = dim, prior
         self.importance_weighting = cfg.importance_weighting
         self.variance_source = cfg.variance_source

@@ -12,11 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from falcon_lite.core import embeddings
 from falcon_lite.core.estimators.common import gaussian_sample, head_from_config
+from falcon_lite.core.estimators.head import DTYPES
 
 
 class GaussianEMA(nn.Module):
-    """Posterior estimator: regression of theta on x with an EMA (or NLL-trained) variance.
+    """Posterior estimator: regression of theta on the embedded x with an EMA (or NLL-trained)
+    variance. x has shape `x_shape` (default ``(dim,)``); the embedding (``cfg.embedding``;
+    a plugin's factory is passed as `embedding_plugin`) is trained with the head.
 
     ``residual_base = "auto"`` takes `residual_base`: the simulator's known inverse.
     """
@@ -24,23 +28,34 @@ class GaussianEMA(nn.Module):
     amortized = True  # its posterior at any x is one forward pass
 
     def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
-                 residual_base: str = "identity"):
+                 residual_base: str = "identity", x_shape: tuple[int, ...] | None = None, embedding_plugin=None):
         super().__init__()
         self.dim = dim
+        self.x_shape = (dim,) if x_shape is None else tuple(x_shape)
         self.importance_weighting = cfg.importance_weighting
         self.variance_source = cfg.variance_source
-        self.head = head_from_config(cfg, dim, generator, auto_base=residual_base)
+        features = embeddings.features_of(cfg.embedding, self.x_shape)
+        made = None
+        if features is None:  # a plugin: its size is known once it is built
+            made = embeddings.build(cfg.embedding, self.x_shape, cfg.activation, DTYPES[cfg.dtype], generator,
+                                    embedding_plugin)
+            features = made.features
+        self.head = head_from_config(cfg, dim, generator, auto_base=residual_base, in_dim=features)
+        self.embedding = made or embeddings.build(cfg.embedding, self.x_shape, cfg.activation, self.head.dtype,
+                                                  generator)
         self.extra_stats: dict = {}
 
-    @staticmethod
-    def pair(theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input, output) of the regression: x -> theta."""
-        return x, theta
+    def pair(self, theta: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, output) of the regression: embedded x -> theta."""
+        return self.embedding(x), theta
+
+    def _features(self, x) -> torch.Tensor:
+        return self.embedding(torch.as_tensor(np.asarray(x), dtype=self.head.dtype).reshape(-1, *self.x_shape))
 
     @torch.no_grad()
     def posterior_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior means and variances (n, D) at every row of x (n, D)."""
-        x_t = torch.as_tensor(np.asarray(x), dtype=self.head.dtype).reshape(-1, self.dim)
+        """Posterior means and variances (n, D) at every row of x (n, *x_shape)."""
+        x_t = self._features(x)
         mean = self.head.mean(x_t).to(torch.float64).numpy()
         var = self.head.variance(x_t).to(torch.float64).numpy()
         return mean, np.array(var)
@@ -51,7 +66,7 @@ class GaussianEMA(nn.Module):
         Called twice per step by the engine, so kept to one small forward pass.
         """
         with torch.no_grad():
-            x_t = torch.as_tensor(x_obs, dtype=self.head.dtype).reshape(1, self.dim)
+            x_t = self._features(x_obs)
             mean = self.head.mean(x_t)[0].to(torch.float64)
             var = self.head.variance(x_t)[0].to(torch.float64)
         return mean.numpy(), var.numpy()
