@@ -81,10 +81,11 @@ def _summary(config: RunConfig, row: dict | None, status: str) -> str:
         v = row.get(name)
         return "n/a" if v is None else f"{v:.4g}"
 
-    text = (
-        f"run {config.name!r}: {status} at step {row['step'] + 1}/{config.training.steps}; "
-        f"std_ratio {value('std_ratio')}, |bias|/sigma {value('abs_bias_over_sigma')}, loss {value('loss')}"
-    )
+    if "std_ratio" in row:  # against the problem's reference posterior
+        against = f"std_ratio {value('std_ratio')}, |bias|/sigma {value('abs_bias_over_sigma')}"
+    else:  # no reference: the ground-truth-free checks
+        against = f"no reference posterior; alarm_ema {value('alarm_ema')}, coverage_68 {value('coverage_68')}"
+    text = f"run {config.name!r}: {status} at step {row['step'] + 1}/{config.training.steps}; {against}, loss {value('loss')}"
     if row.get("mean_wait_share") is not None:  # a Ray run
         text += f"; the trainer waited {100 * row['mean_wait_share']:.0f} % of its time for simulations"
     return text
@@ -97,9 +98,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from falcon_lite.store import runs
     from falcon_lite.store.db import make_engine, migrate, session_factory
 
+    from falcon_lite.engine.problem import ConfigError, check_config
+
     config = load_config(args.config)
     if args.steps is not None:
         config = with_overrides(config, {"training.steps": args.steps})
+    try:
+        check_config(config)
+    except ConfigError as exc:
+        raise SystemExit(f"config: {'.'.join(exc.loc)}: {exc}") from None
     url = args.database_url or get_settings().db_url
     migrate(url)
     engine = make_engine(url)
@@ -124,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             bar.update(1)
             if row is not None:
                 last.update(row)
-                if step % 100 == 0:
+                if step % 100 == 0 and "std_ratio" in row:
                     bar.set_postfix(std_ratio=f"{row['std_ratio']:.3g}", bias=f"{row['abs_bias_over_sigma']:.3g}")
 
         run_inline(engine, run_id, on_step=on_step)
@@ -191,6 +198,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def cmd_problems(args: argparse.Namespace) -> int:
+    """The registered problems, as the service's GET /problems lists them (no server needed)."""
+    from falcon_lite.engine.problem import catalogue
+
+    found = catalogue()
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    for entry in found:
+        if "error" in entry:
+            print(f"{entry['name']}: cannot be built with its defaults: {entry['error']}")
+            continue
+        params = ", ".join(f"{p['name']} ~ {_prior_text(p['prior'])}" for p in entry["parameters"])
+        factory = ", ".join(f"{k}={v.get('default', '?')}" for k, v in entry["factory"]["properties"].items())
+        print(f"{entry['name']}: {entry['description']}".rstrip(": "))
+        print(f"  parameters: {params}")
+        print(f"  x: shape {tuple(entry['x_shape'])}; observations: {', '.join(entry['observations']) or 'none'}; "
+              f"reference: {', '.join(entry['reference']) or 'none'}")
+        print(f"  factory: {factory or '(no parameters)'}")
+    return 0
+
+
+def _prior_text(prior: dict) -> str:
+    numbers = ", ".join(f"{v:g}" for k, v in prior.items() if k != "family")
+    return f"{prior['family']}({numbers})"
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run one inference problem from a RunConfig JSON file")
     p.add_argument("config", nargs="?", help="RunConfig JSON (default: the seed's scenario)")
@@ -212,3 +246,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="recompute the report of an existing --out directory from its recorded series")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_stress)
+
+    p = sub.add_parser("problems", help="list the registered problems (installed plugins) a run may name")
+    p.add_argument("--json", action="store_true", help="the listing as JSON (the shape of GET /problems)")
+    p.set_defaults(func=cmd_problems)

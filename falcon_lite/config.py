@@ -291,7 +291,8 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _one_problem(self) -> RunConfig:
-        if self.problem is not None and ({"simulator", "prior"} & self.model_fields_set):
+        # (a stored v2 config holds the v1 sections' defaults: those mean nothing)
+        if self.problem is not None and (self.simulator != SimulatorConfig() or self.prior != PriorConfig()):
             raise ValueError("give either `problem` or the v1 sections `simulator` and `prior`, not both")
         return self
 

@@ -22,6 +22,7 @@ class NormalPrior:
     """theta_d ~ N(loc, scale^2) independently for d = 1..D."""
 
     name = "normal"
+    support = None  # unbounded: proposals are not truncated
 
     def __init__(self, loc: float, scale: float, dim: int):
         if not scale > 0:
@@ -44,9 +45,12 @@ class NormalPrior:
 
 
 class UniformPrior:
-    """theta_d ~ U(low, high) independently; log density -inf outside the box."""
+    """theta_d ~ U(low, high) independently; log density -inf outside the box. (The v1 config's
+    prior: its proposals are not truncated to the box, as before problems existed; a problem's
+    `ProductPrior` of uniforms truncates them.)"""
 
     name = "uniform"
+    support = None
 
     def __init__(self, low: float, high: float, dim: int):
         if not low < high:

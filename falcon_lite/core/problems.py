@@ -185,7 +185,8 @@ class ProductPrior:
         self.std = np.array([m.std for m in marginals], np.float64)
         self.low = np.array([m.support[0] for m in marginals], np.float64)
         self.high = np.array([m.support[1] for m in marginals], np.float64)
-        self.bounded = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
+        bounded = bool(np.isfinite(self.low).any() or np.isfinite(self.high).any())
+        self.support = (self.low, self.high) if bounded else None  # what proposals are truncated to
         self._groups = []
         for kind, names in _PARAMS.items():
             columns = [j for j, m in enumerate(marginals) if type(m) is kind]

@@ -1,7 +1,10 @@
 """The tempered proposal and how a step's parameters are drawn.
 
 ``TemperedProposal(mean, var, T)`` is N(mean, var * T) independently per dim: the learned
-posterior at x_obs, widened by the temperature. ``draw_parameters`` puts the prior share first
+posterior at x_obs, widened by the temperature. Given a support box (``low``, ``high``: a
+prior's `support`, where the prior is bounded), it is that Gaussian truncated to the box:
+draws outside are drawn again, and its density is the Gaussian's divided by its mass in the
+box, Z = prod_d (Phi(b_d) - Phi(a_d)) (zero outside). ``draw_parameters`` puts the prior share first
 (origin 0) and the proposal rows after (origin 1), from separate generators, so two runs that
 differ only in prior_fraction share their draws where they can.
 """
@@ -15,10 +18,13 @@ import numpy as np
 from falcon_lite.core.policy import Origin
 
 
-class TemperedProposal:
-    """theta_d ~ N(mean_d, var_d * temperature), independently per dim."""
+MIN_MASS = 1e-9  # a truncated proposal with less of its mass in the box cannot be drawn from
 
-    def __init__(self, mean, var, temperature: float):
+
+class TemperedProposal:
+    """theta_d ~ N(mean_d, var_d * temperature), independently per dim (truncated to a box if given)."""
+
+    def __init__(self, mean, var, temperature: float, support: tuple[np.ndarray, np.ndarray] | None = None):
         self.mean = np.asarray(mean, dtype=np.float64).reshape(-1)
         self.var = np.asarray(var, dtype=np.float64).reshape(-1)
         if self.mean.shape != self.var.shape:
@@ -32,17 +38,49 @@ class TemperedProposal:
         self.temperature = float(temperature)
         self.std = np.sqrt(self.var * self.temperature)
         self._norm = float(np.sum(np.log(self.std))) + 0.5 * self.mean.size * math.log(2 * math.pi)
+        self.support = support
+        if support is not None:
+            self.mass = _box_mass(self.mean, self.std, *support)
+            if not self.mass >= MIN_MASS:
+                raise ValueError(f"the proposal N({self.mean.tolist()}, std {self.std.tolist()}) has mass "
+                                 f"{self.mass:.3g} inside the prior's support: nothing to draw")
+            self._norm += math.log(self.mass)
 
     @property
     def dim(self) -> int:
         return self.mean.size
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        return self.mean + self.std * rng.standard_normal((n, self.dim))
+        if self.support is None:
+            return self.mean + self.std * rng.standard_normal((n, self.dim))
+        low, high = self.support
+        kept: list[np.ndarray] = []
+        found = 0
+        while found < n:  # rejection: about n / mass draws in all
+            size = max(16, math.ceil(1.2 * (n - found) / self.mass))
+            draws = self.mean + self.std * rng.standard_normal((size, self.dim))
+            draws = draws[np.all((draws >= low) & (draws <= high), axis=1)]
+            kept.append(draws)
+            found += len(draws)
+        return np.concatenate(kept)[:n]
 
     def log_prob(self, theta: np.ndarray) -> np.ndarray:
-        u = (np.asarray(theta) - self.mean) / self.std
-        return -0.5 * np.sum(u * u, axis=-1) - self._norm
+        theta = np.asarray(theta)
+        u = (theta - self.mean) / self.std
+        density = -0.5 * np.sum(u * u, axis=-1) - self._norm
+        if self.support is None:
+            return density
+        inside = np.all((theta >= self.support[0]) & (theta <= self.support[1]), axis=-1)
+        return np.where(inside, density, -np.inf)
+
+
+def _box_mass(mean: np.ndarray, std: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
+    """The mass of N(mean, diag(std^2)) in the box [low, high] (bounds may be infinite)."""
+    mass = 1.0
+    for m, s, a, b in zip(mean.tolist(), std.tolist(), np.broadcast_to(low, mean.shape).tolist(),
+                          np.broadcast_to(high, mean.shape).tolist()):
+        mass *= 0.5 * (math.erf((b - m) / (s * math.sqrt(2))) - math.erf((a - m) / (s * math.sqrt(2))))
+    return mass
 
 
 def draw_parameters(prior, proposal: TemperedProposal | None, n: int, n_prior: int,

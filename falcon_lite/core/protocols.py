@@ -24,6 +24,7 @@ class Prior(Protocol):
     dim: int
     mean: np.ndarray  # (D,)
     std: np.ndarray  # (D,)
+    support: tuple[np.ndarray, np.ndarray] | None  # (low (D,), high (D,)) proposals are truncated to, or None
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``(n, D)`` draws."""

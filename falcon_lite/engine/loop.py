@@ -80,7 +80,7 @@ def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterio
     if posterior is None:
         proposal, n_prior = None, n
     else:
-        proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature)
+        proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature, prior.support)
         n_prior = prior_draws(fraction, n)
     seed = config.training.seed
     # a stream's generator only where it draws (making one costs as much as the draw)
@@ -194,7 +194,7 @@ def disfavoured(state: RunState, mirror: Mirror, step: int) -> np.ndarray:
     posterior = None if threshold is None else posterior_for(state, step)
     if posterior is None:
         return np.empty(0, dtype=np.int64)
-    proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature)
+    proposal = TemperedProposal(posterior[0], posterior[1], state.config.proposal.temperature, state.prior.support)
     pool = mirror.trainable()
     mask = pool.origin == Origin.PROPOSAL
     mask &= disfavour_mask(pool.log_q, proposal.log_prob(pool.theta), threshold)

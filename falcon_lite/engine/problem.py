@@ -1,4 +1,5 @@
-"""A run's problem: the registered plugin its config names, at its observation.
+"""A run's problem: the registered plugin its config names, at its observation; the check
+of a run config against it (`check_config`), and what `GET /problems` lists (`catalogue`).
 
 `bind_problem(config)` calls the factory the config names (the v1 sections ``simulator`` and
 ``prior`` name the built-in ``gaussian``/``exp_noise`` plugins: one path for every run) and
@@ -96,3 +97,53 @@ def embedding_plugin(config: RunConfig):
     if name in embeddings.BUILT_IN:
         return None
     return plugins.factory(plugins.EMBEDDINGS, name)
+
+
+class ConfigError(ValueError):
+    """A run config that does not fit its problem or estimator; ``loc`` names the field
+    (e.g. ``("problem", "params", "sigma")``), as a 422 does."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def check_config(config: RunConfig) -> BoundProblem:
+    """Everything a run will build from its config, built once here so that a config that does
+    not fit fails when the run is created, naming the field: the problem (registered? its
+    params? its observation or x_obs?), the embedding, and the estimator for that x."""
+    from falcon_lite.core.estimators import make_estimator
+
+    section = "problem" if config.problem is not None else "simulator"
+    try:
+        bound = bind_problem(config)
+    except plugins.PluginError as exc:
+        raise ConfigError((section, *exc.field.split(".")), str(exc)) from None
+    except (ProblemError, TypeError, ValueError) as exc:  # the factory refused its params
+        raise ConfigError((section, "params"), f"{config.problem_spec().name!r}: {exc}") from None
+    try:
+        plugin = embedding_plugin(config)
+        make_estimator(config.estimator, bound.dim, bound.prior, residual_base=bound.residual_base,
+                       x_shape=bound.x_shape, embedding_plugin=plugin)
+    except plugins.PluginError as exc:
+        raise ConfigError(("estimator", "embedding", "name"), str(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(("estimator",), str(exc)) from None
+    return bound
+
+
+def catalogue() -> list[dict]:
+    """Every registered problem: its parameters with their priors, the shape of x, its named
+    observations, whether it has a reference posterior, and its factory's parameters as a JSON
+    schema. A problem whose factory fails with its defaults is listed with the error."""
+    found = []
+    for name in plugins.names(plugins.PROBLEMS):
+        entry: dict = {"name": name}
+        try:
+            entry["factory"] = plugins.schema(plugins.PROBLEMS, name)
+            problem = plugins.bind(plugins.PROBLEMS, name, {})()
+            entry.update({k: v for k, v in problem.describe().items() if k != "name"})
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is listed, not fatal
+            entry["error"] = f"{type(exc).__name__}: {exc}"
+        found.append(entry)
+    return found

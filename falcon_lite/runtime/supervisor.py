@@ -15,6 +15,7 @@ import ray
 
 from falcon_lite.config import RunConfig
 from falcon_lite.engine.driver import batches_wanted
+from falcon_lite.engine.problem import bind_problem
 from falcon_lite.runtime.actors import ProposalSampler, SimulatorActor, Writer
 from falcon_lite.runtime.trainer import Trainer
 from falcon_lite.store import runs
@@ -76,6 +77,7 @@ class Supervisor:
     def _main(self) -> None:
         try:
             self._set_status(RunStatus.RUNNING)
+            bind_problem(self.config)  # a problem this node cannot load fails the run here, with the reason
             status = self._pipeline()
             ray.get(self.trainer.checkpoint.remote())
             ray.get(self.trainer.close.remote())

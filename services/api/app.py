@@ -21,7 +21,7 @@ from services.api import queries
 from services.api.deps import AppContext, AuthMiddleware
 from services.api.errors import BodyLimitMiddleware, RequestIdMiddleware, install_error_handlers
 from services.api.metrics import ApiMetrics
-from services.api.routes import runs, stress, system
+from services.api.routes import problems, runs, stress, system
 from services.api.stress_jobs import StressJobs, StressLimits
 
 POOL_SIZE = 20
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="falcon-lite", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
     install_error_handlers(app)
+    app.include_router(problems.router)
     app.include_router(runs.router)
     app.include_router(stress.router)
     app.include_router(system.router)

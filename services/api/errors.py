@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, InterfaceError
 
+from falcon_lite.engine.problem import ConfigError
 from falcon_lite.store.errors import ConflictError, NotFoundError, SchemaError
 
 log = logging.getLogger("falcon_lite.api")
@@ -69,6 +70,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(LimitError)
     async def _limit(request: Request, exc: LimitError) -> JSONResponse:
         error = {"loc": list(exc.loc), "msg": str(exc), "type": "limit_exceeded"}
+        return JSONResponse({"detail": [error]}, status_code=422)
+
+    @app.exception_handler(ConfigError)
+    async def _config(request: Request, exc: ConfigError) -> JSONResponse:
+        """A config that does not fit its problem or estimator: a 422 like pydantic's, naming the field."""
+        error = {"loc": ["body", *exc.loc], "msg": str(exc), "type": "value_error"}
         return JSONResponse({"detail": [error]}, status_code=422)
 
     @app.exception_handler(NotFoundError)

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from falcon_lite.config import RunConfig
+from falcon_lite.engine.problem import catalogue, check_config
 from falcon_lite.core.policy import Origin, Status
 from falcon_lite.store import runs as store_runs
 from falcon_lite.store.composition import compose
@@ -69,8 +70,10 @@ def runs_public(session: Session, found: list[Run]) -> list[RunPublic]:
 def create_run(ctx: AppContext, config: RunConfig, start: bool) -> int:
     """Create a run; start it through the run control unless ``start`` is false.
 
-    A run that is only created needs no Ray: it is one row, written in one transaction.
+    A run that is only created needs no Ray: it is one row, written in one transaction. The
+    config is checked against its problem and estimator first (`ConfigError`: a 422).
     """
+    check_config(config)
     if start:
         return ctx.control().create(config, start=True)
     with ctx.sessions.begin() as session:
@@ -177,3 +180,8 @@ def snapshot(ctx: AppContext) -> Snapshot:
         for run_id, step in session.execute(select(Run.id, Run.step).where(Run.status.in_(LIVE))):
             snap.steps[run_id] = step or 0
     return snap
+
+
+def problems() -> list[dict]:
+    """The registered problems (`falcon_lite.engine.problem.catalogue`)."""
+    return catalogue()

@@ -197,3 +197,27 @@ class StressPublic(BaseModel):
     results: dict[str, Any] | None = None
     report: str | None = None
     plots: list[str] = Field(default_factory=list)
+
+
+class ParameterPublic(BaseModel):
+    name: str
+    prior: dict[str, Any] = Field(description='{"family": "uniform" | "normal" | "log_uniform", ...its numbers}')
+
+
+class ProblemPublic(BaseModel):
+    """A registered problem (entry-point group ``falcon_lite.problems``), built with its factory's defaults."""
+
+    name: str
+    description: str | None = None
+    parameters: list[ParameterPublic] | None = None
+    x_shape: list[int] | None = None
+    observations: list[str] | None = Field(default=None, description="its named observations (the first is the default)")
+    reference: list[str] | None = Field(
+        default=None, description='observations with a reference posterior ("exact": at any x_obs)')
+    factory: dict[str, Any] | None = Field(default=None, description="the factory's parameters, as a JSON schema")
+    error: str | None = Field(default=None, description="why the factory fails with its defaults, if it does")
+
+
+class ProblemsPublic(BaseModel):
+    data: list[ProblemPublic]
+    count: int
