@@ -73,7 +73,9 @@ def load_config(path: str | None) -> RunConfig:
         raise SystemExit(f"invalid config {path}:\n{describe_errors(exc.errors())}") from None
 
 
-def _summary(config: RunConfig, row: dict | None, status: str) -> str:
+def _summary(config: RunConfig, row: dict | None, status: str, outcome: str | None = None) -> str:
+    if outcome is not None:
+        status = f"{status} ({outcome})"
     if not row:
         return f"run {config.name!r}: {status}, no diagnostics recorded"
 
@@ -137,7 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_inline(engine, run_id, on_step=on_step)
         bar.close()
         status, row = "completed", last
-    print(_summary(config, row, status))
+    with session_factory(engine).begin() as session:
+        outcome = runs.get_run(session, run_id).outcome
+    print(_summary(config, row, status, outcome))
     return 0 if status == "completed" else 1
 
 

@@ -431,3 +431,39 @@ def test_recorder_writes_the_first_row_at_once_then_every_max_seconds(sqlite_url
     recorder.flush(2)
     assert stored() == (2, [0, 1])
     engine.dispose()
+
+
+# -- verdicts (issue 18, item 5) -----------------------------------------------------------
+
+def test_every_run_that_ends_gets_a_verdict_and_a_resumed_one_loses_it_until_it_ends(sqlite_url):
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, small()).id
+    seen = []
+    run_inline(engine, run_id, should_stop=lambda: len(seen) >= 20, on_step=lambda step, row: seen.append(step))
+    with session_factory(engine).begin() as s:
+        run = runs.get_run(s, run_id)
+        assert run.status == "stopped" and run.outcome == "miscalibrated"  # 20 warm-up steps: far too wide
+        stopped = runs.events_since(s, run_id)[-1].data
+        assert stopped["status"] == "stopped" and stopped["outcome"] == "miscalibrated"
+        runs.set_status(s, run_id, "running")
+        assert runs.get_run(s, run_id).outcome is None
+        runs.set_status(s, run_id, "stopped")
+    run_inline(engine, run_id)
+    with session_factory(engine).begin() as s:
+        run = runs.get_run(s, run_id)
+        assert run.status == "completed" and run.outcome in ("calibrated", "miscalibrated", "exploded")
+    engine.dispose()
+
+
+def test_the_verdict_reads_the_reference_metrics_or_else_the_alarm():
+    from falcon_lite.engine.verdict import verdict
+
+    calibrated = [{"step": s, "std_ratio": 1.0, "abs_bias_over_sigma": 0.1, "alarm": 0.0} for s in range(5)]
+    assert verdict(calibrated) == "calibrated"
+    exploded = [*calibrated, {"step": 5, "std_ratio": 50.0, "abs_bias_over_sigma": 9.0}]
+    assert verdict(exploded) == "exploded"
+    assert verdict([*calibrated, {"step": 5, "std_ratio": None, "abs_bias_over_sigma": None}]) == "diverged"
+    assert verdict([{"step": 0, "alarm": 0.0}, {"step": 1, "alarm": 1.0}, {"step": 2, "alarm": 0.0}]) == "alarm_raised"
+    assert verdict([{"step": 0, "alarm": 0.0}, {"step": 1, "alarm": 0.0}]) == "alarm_quiet"
+    assert verdict([{"step": 0, "loss": 1.0}]) is None

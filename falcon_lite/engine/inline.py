@@ -23,6 +23,7 @@ from falcon_lite.engine import loop
 from falcon_lite.engine.driver import Driver
 from falcon_lite.engine.recorder import Recorder
 from falcon_lite.engine.resume import load_state
+from falcon_lite.engine.verdict import judge
 from falcon_lite.store import runs
 from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import session_factory
@@ -71,7 +72,7 @@ def run_inline(
         status = RunStatus.COMPLETED if state.step >= cfg.training.steps else RunStatus.STOPPED
         driver.checkpoint()
         with sessions.begin() as session:
-            runs.set_status(session, run_id, status)
+            runs.set_status(session, run_id, status, outcome=judge(session, run_id))
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         try:
@@ -79,7 +80,7 @@ def run_inline(
         except Exception as lost:
             reason += f" (and the simulations since the last commit were lost: {type(lost).__name__}: {lost})"
         with sessions.begin() as session:
-            runs.set_status(session, run_id, RunStatus.FAILED, reason=reason)
+            runs.set_status(session, run_id, RunStatus.FAILED, reason=reason, outcome=judge(session, run_id))
         raise
     finally:
         mirror.close()

@@ -16,6 +16,7 @@ import ray
 from falcon_lite.config import RunConfig
 from falcon_lite.engine.driver import batches_wanted
 from falcon_lite.engine.problem import bind_problem
+from falcon_lite.engine.verdict import judge
 from falcon_lite.runtime.actors import ProposalSampler, SimulatorActor, Writer
 from falcon_lite.runtime.trainer import Trainer
 from falcon_lite.store import runs
@@ -72,7 +73,8 @@ class Supervisor:
 
     def _set_status(self, status: RunStatus, reason: str | None = None) -> None:
         with self.sessions.begin() as session:
-            runs.set_status(session, self.run_id, status, reason=reason)
+            outcome = judge(session, self.run_id) if status.terminal else None
+            runs.set_status(session, self.run_id, status, reason=reason, outcome=outcome)
 
     def _main(self) -> None:
         try:

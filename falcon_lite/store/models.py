@@ -91,6 +91,7 @@ class Run(Base):
     name: Mapped[str] = mapped_column(String(200))
     status: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    outcome: Mapped[str | None] = mapped_column(String(32), default=None)  # the verdict of a run that ended
     step: Mapped[int] = mapped_column(Integer, default=0)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -73,8 +73,10 @@ def list_runs(session: Session, offset: int = 0, limit: int = 50) -> tuple[list[
     return list(runs), int(total)
 
 
-def set_status(session: Session, run_id: int, status: RunStatus | str, reason: str | None = None) -> Run:
-    """Move the run to `status` (see the lifecycle above); `ConflictError` if not allowed."""
+def set_status(session: Session, run_id: int, status: RunStatus | str, reason: str | None = None,
+               outcome: str | None = None) -> Run:
+    """Move the run to `status` (see the lifecycle above); `ConflictError` if not allowed. A run
+    that ends records its verdict, `outcome`; one that runs again has none until it ends."""
     try:
         status = RunStatus(status)
     except ValueError:
@@ -87,8 +89,10 @@ def set_status(session: Session, run_id: int, status: RunStatus | str, reason: s
     previous = run.status
     run.status = status.value
     run.reason = reason
+    run.outcome = outcome if status.terminal else None
     run.updated = utcnow()
-    add_event(session, run_id, "status", {"status": status.value, "previous": previous, "reason": reason})
+    add_event(session, run_id, "status", {"status": status.value, "previous": previous, "reason": reason,
+                                          **({"outcome": outcome} if outcome is not None else {})})
     session.flush()
     return run
 

@@ -54,7 +54,8 @@ def latest_diagnostics(session: Session, run_ids: list[int]) -> dict[int, dict]:
 def _public(run: Run, diagnostics: dict | None) -> RunPublic:
     return RunPublic(
         id=run.id, name=run.name, status=run.status, step=run.step or 0, config=run.config,
-        diagnostics=diagnostics, reason=run.reason, created=run.created, updated=run.updated,
+        diagnostics=diagnostics, reason=run.reason, outcome=run.outcome, created=run.created,
+        updated=run.updated,
     )
 
 

@@ -76,6 +76,9 @@ class RunPublic(BaseModel):
         None, description="the latest metrics row, or null before the first step"
     )
     reason: str | None = Field(None, description="why the run stopped or failed, if it did")
+    outcome: str | None = Field(
+        None, description="the verdict on a run that ended: calibrated, exploded, miscalibrated or diverged "
+        "(against the problem's reference posterior), else alarm_raised or alarm_quiet (the explosion alarm)")
     created: datetime | None = None
     updated: datetime | None = None
 
