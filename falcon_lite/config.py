@@ -291,7 +291,9 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _one_problem(self) -> RunConfig:
-        if self.problem is not None and ({"simulator", "prior"} & self.model_fields_set):
+        # a v1 section at its default is no second problem: model_dump() writes both (a stored run)
+        v1 = [self.simulator != SimulatorConfig(), self.prior != PriorConfig()]
+        if self.problem is not None and any(v1):
             raise ValueError("give either `problem` or the v1 sections `simulator` and `prior`, not both")
         return self
 
