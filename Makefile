@@ -17,10 +17,13 @@ export OMP_NUM_THREADS := 1
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+# examples/problems: the example problem plugins (two_moons, slcp, ...), which the tests and
+# `make serve` use.
+$(STAMP): pyproject.toml constraints.txt examples/problems/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_INDEX),$(PIP) install -q -c constraints.txt --index-url $(TORCH_INDEX) torch)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e examples/problems
 	touch $(STAMP)
 
 # The main job on the embedded default (SQLite file + local Ray): the service and its dashboard.
