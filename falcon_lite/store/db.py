@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from falcon_lite.store.errors import SchemaError
 
 # The Alembic revision this code was written for (tests check it is the scripts' head).
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"
