@@ -18,14 +18,17 @@ from falcon_lite.config import RunConfig
 from falcon_lite.settings import Settings, get_settings
 from falcon_lite.store import runs
 from falcon_lite.store.db import check_schema, make_engine, session_factory
+from falcon_lite.store.deployment import deployment_id
 from falcon_lite.store.errors import ConflictError
 
 ACTIVE = ("running", "stopping")
 TERMINAL = ("stopped", "completed", "failed")
 
 
-def supervisor_name(run_id: int) -> str:
-    return f"falcon-lite-run-{run_id}"
+def supervisor_name(deployment: str, run_id: int) -> str:
+    """The run's supervisor's actor name: scoped by the deployment (`store.deployment`), so
+    that two deployments (two databases) on one cluster never meet each other's run 1."""
+    return f"falcon-lite-{deployment}-run-{run_id}"
 
 
 def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -43,9 +46,12 @@ def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 def connect_ray(settings: Settings) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local one (the embedded default).
+    """Join RAY_ADDRESS's cluster, or start a new local one (the CLI's embedded default; the
+    server starts a head of its own instead, `runtime/host.py`).
 
-    A local instance runs its workers at the caller's priority: Ray's default (nice 15)
+    Never `ray.init()` without an address: that joins whatever cluster RAY_ADDRESS or
+    /tmp/ray/ray_current_cluster names, i.e. another process's Ray, which may go away under
+    us. A local instance runs its workers at the caller's priority: Ray's default (nice 15)
     lets any other busy process on the machine (the API, PostgreSQL, a benchmark's
     baseline) starve the run's trainer and simulators.
     """
@@ -55,7 +61,7 @@ def connect_ray(settings: Settings) -> None:
     if not settings.ray_address:
         os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
-        address=settings.ray_address or None,
+        address=settings.ray_address or "local",
         namespace=settings.ray_namespace,
         include_dashboard=False,
         log_to_driver=False,
@@ -70,13 +76,17 @@ class RunControl:
         self.engine = make_engine(self.database_url)
         check_schema(self.engine)
         self.sessions = session_factory(self.engine)
+        self.deployment = deployment_id(self.engine)
         connect_ray(self.settings)
         self.reconcile_all()
 
     # -- the supervisor of a run -------------------------------------------------------
+    def supervisor_name(self, run_id: int) -> str:
+        return supervisor_name(self.deployment, run_id)
+
     def _supervisor(self, run_id: int):
         try:
-            return ray.get_actor(supervisor_name(run_id), namespace=self.settings.ray_namespace)
+            return ray.get_actor(self.supervisor_name(run_id), namespace=self.settings.ray_namespace)
         except ValueError:
             return None
 
@@ -97,7 +107,7 @@ class RunControl:
             ray.kill(old)
             self._wait_gone(run_id)
         actor = Supervisor.options(
-            name=supervisor_name(run_id), namespace=self.settings.ray_namespace, lifetime="detached"
+            name=self.supervisor_name(run_id), namespace=self.settings.ray_namespace, lifetime="detached"
         ).remote(run_id, self.database_url)
         ray.get(actor.start.remote())
 
