@@ -3,7 +3,8 @@
 Domain errors raised below the service layer become status codes here and nowhere else:
 
 - ``NotFoundError`` -> 404, ``ConflictError`` -> 409,
-- ``SchemaError`` and an unreachable database or Ray cluster -> 503,
+- ``SchemaError``, an unreachable database, and Ray unreachable or lost (``RayUnavailable``,
+  with the reason) -> 503,
 - request validation -> 422 with pydantic's ``loc``/``msg``/``type`` list (FastAPI's own shape),
 - anything unexpected -> 500 ``{"detail": ..., "request_id": ...}``, traceback only in the log.
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, InterfaceError
 
+from falcon_lite.runtime.host import RayUnavailable
 from falcon_lite.store.errors import ConflictError, NotFoundError, SchemaError
 
 log = logging.getLogger("falcon_lite.api")
@@ -51,6 +53,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _schema(request: Request, exc: SchemaError) -> JSONResponse:
         detail = f"database schema is not ready: {_detail(exc, 'run `falcon-lite migrate`')}"
         return JSONResponse({"detail": detail}, status_code=503)
+
+    @app.exception_handler(RayUnavailable)
+    async def _ray(request: Request, exc: RayUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"run control unavailable: {_detail(exc, 'Ray is lost')}"},
+                            status_code=503)
 
     @app.exception_handler(UnavailableError)
     async def _unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
