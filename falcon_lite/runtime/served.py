@@ -108,7 +108,10 @@ class ServedRunControl:
 
     def posterior_samples(self, run_id: int, n: int, seed: int = 0) -> np.ndarray:
         """n draws from the run's current estimate (its newest checkpoint); no Ray needed."""
-        from falcon_lite.engine.inline import load_state
+        try:  # where load_state lives after the engine's split (issue 15), and before it
+            from falcon_lite.engine.resume import load_state
+        except ImportError:
+            from falcon_lite.engine.inline import load_state
 
         state = load_state(self.engine, run_id)
         mean, var = state.estimator.posterior(state.simulator.x_obs)
