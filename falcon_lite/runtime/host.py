@@ -22,7 +22,6 @@ holds a `RunControl`. Losing Ray loses that child at most.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
@@ -44,21 +43,22 @@ log = logging.getLogger("falcon_lite.ray")
 
 CALL_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 180.0
-_PR_SET_PDEATHSIG = 1
 
 
 class RayUnavailable(ConnectionError):
     """Ray cannot be used right now (lost, unreachable, or not answering); says why."""
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets `sig` when the thread that started it ends (Linux)."""
+# Exec'd in front of a child's command: it asks for `sig` when its parent (the thread that
+# started it) ends, and gives up if that parent is already gone. (A `preexec_fn` would do
+# it inside the fork, which is not safe in a process with threads.)
+_GUARD = ("import ctypes, os, sys; ctypes.CDLL(None).prctl(1, int(sys.argv[1]), 0, 0, 0); "
+          "os.getppid() == int(sys.argv[2]) or os._exit(1); os.execv(sys.argv[3], sys.argv[3:])")
 
-    def set_signal() -> None:
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
-    return set_signal
+def dies_with_us(args: list[str], sig: int) -> list[str]:
+    """`args`, run so that the process gets `sig` when this server's process dies (Linux)."""
+    return [sys.executable, "-I", "-c", _GUARD, str(int(sig)), str(os.getpid()), *args]
 
 
 def free_ports(n: int) -> list[int]:
@@ -140,9 +140,9 @@ class LocalHead:
                 f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}",
                 f"--min-worker-port={low}", f"--max-worker-port={high}"]
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(args, env=ray_env(own_head=True), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_die_with_parent(signal.SIGTERM))
+            self.proc = subprocess.Popen(dies_with_us(args, signal.SIGTERM), env=ray_env(own_head=True),
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
         deadline = time.monotonic() + timeout
         while "Ray runtime started" not in self._log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -229,8 +229,8 @@ class Bridge:
         env = {k: v for k, v in ray_env(own_head).items() if not k.startswith("FALCON_LITE_")}
         env.update({"FALCON_LITE_RAY_ADDRESS": address, "DATABASE_URL": database_url,
                     "FALCON_LITE_RAY_NAMESPACE": namespace})
-        self.proc = subprocess.Popen(args, env=env, pass_fds=(req_r, rep_w), stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=_die_with_parent(signal.SIGKILL))
+        self.proc = subprocess.Popen(dies_with_us(args, signal.SIGKILL), env=env, pass_fds=(req_r, rep_w),
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         os.close(req_r)
         os.close(rep_w)
         try:
@@ -249,7 +249,8 @@ class Bridge:
         except TimeoutError as exc:
             raise BridgeGone(f"no answer in {timeout:.0f} s") from exc
         except (EOFError, OSError) as exc:
-            self.proc.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10)
             raise BridgeGone(f"the Ray driver process exited with code {self.proc.returncode}") from exc
 
     def call(self, method: str, args: tuple, timeout: float = CALL_TIMEOUT_S):
