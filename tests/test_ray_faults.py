@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,7 @@ def test_a_killed_embedded_server_shows_the_truth_at_once_and_resumes(server_db_
         stopped_at = get_run_row_step(server_db_url, run_id)
         # The killed server's local Ray ends with it (it gets SIGTERM when its parent dies).
         wait_for(lambda: not pids_mentioning(ray_dir), "the killed server's local Ray to end", 60)
+        shutil.rmtree(ray_dir, ignore_errors=True)  # its logs: nobody else would remove them
         again, since = started_again(server)
         run = status_within(again, run_id, since, "failed")
         assert "local Ray" in run["reason"]
@@ -299,8 +301,6 @@ def test_a_foreign_cluster_started_and_stopped_beside_the_server_leaves_it_alone
         for pid in pids_mentioning(tmp):  # what outlived its `ray start --block`: ours by temp dir
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
 
 
