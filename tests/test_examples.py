@@ -282,10 +282,6 @@ def test_every_example_runs_inline_and_stores_samples_of_its_shapes(tmp_path, ca
     assert (composition.rejected > 0) == case.startswith("flaky")  # the failed calls and NaN rows
 
 
-@pytest.mark.xfail(strict=True, reason="the contract (core/problems.py: 'support bounds ... are what proposals "
-                   "respect') is not kept: TemperedProposal.sample (core/proposal.py:41) draws N(mean, var T) "
-                   "without the prior's bounds, and draw_parameters (core/proposal.py:64-69) keeps the rows "
-                   "outside, with log_prior -inf")
 @pytest.mark.parametrize("case", ["slcp", "two_moons"])
 def test_proposals_stay_inside_a_bounded_prior(tmp_path, case):
     state, stored, _ = run_case(tmp_path, case)

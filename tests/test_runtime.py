@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from falcon_lite.config import RunConfig, with_overrides
-from falcon_lite.runtime.control import RunControl, supervisor_name
+from falcon_lite.runtime.control import RunControl
 from falcon_lite.settings import Settings
 from falcon_lite.store import runs
 from falcon_lite.store.models import Sample
@@ -87,7 +87,7 @@ def test_run_end_to_end(control):
     with control.sessions.begin() as s:
         rows = runs.metrics_since(s, run_id, limit=None)
     assert len(rows) == 60 and all(r["trainable_prior"] >= 8 for r in rows if r["step"] >= 20)
-    supervisor_ends(run_id)
+    supervisor_ends(control, run_id)
 
 
 def test_adaptive_quota_runs_on_ray(control):
@@ -104,7 +104,7 @@ def test_adaptive_quota_runs_on_ray(control):
     assert all(r["prior_fraction"] == 0.25 and r["trainable_prior"] >= 8 for r in after_warm_up)
     checked = [r for r in after_warm_up if "alarm" in r]
     assert checked and all(r["alarm"] == 0.0 and r["rollbacks"] == 0.0 for r in checked)
-    supervisor_ends(run_id)
+    supervisor_ends(control, run_id)
 
 
 @only("sqlite")
@@ -127,7 +127,7 @@ def test_adaptive_rollback_on_ray(control):
     assert all(r["lr"] == pytest.approx(1e-3) for r in rows if first < r["step"] < first + 50)
 
 
-def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
+def supervisor_ends(control: RunControl, run_id: int, timeout: float = 30.0) -> None:
     """A run's detached supervisor ends itself once the run's status is written: a run
     leaves no process behind."""
     import ray
@@ -135,7 +135,7 @@ def supervisor_ends(run_id: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            ray.get_actor(supervisor_name(run_id), namespace="falcon-lite")
+            ray.get_actor(control.supervisor_name(run_id), namespace="falcon-lite")
         except ValueError:
             return
         assert time.monotonic() < deadline, f"run {run_id}'s supervisor is still there {timeout} s after its end"
@@ -167,7 +167,7 @@ def test_stop_and_resume_keep_the_step_count(control):
     wait_step(control, run_id, stopped_at + 30)
     control.stop(run_id)
     assert control.wait(run_id, timeout=60) == "stopped"
-    supervisor_ends(run_id)
+    supervisor_ends(control, run_id)
     with control.sessions.begin() as s:
         after = runs.metrics_since(s, run_id, since_step=stopped_at - 1, limit=None)
     # continued from the checkpoint, not reset: the first resumed step follows the last one
@@ -184,7 +184,7 @@ def test_killed_trainer_recovers_by_itself(control, per_batch):
     wait_step(control, run_id, 60)
     import ray
 
-    supervisor = ray.get_actor(supervisor_name(run_id), namespace="falcon-lite")
+    supervisor = ray.get_actor(control.supervisor_name(run_id), namespace="falcon-lite")
     pid = ray.get(supervisor.trainer_pid.remote())
     os.kill(pid, signal.SIGKILL)
     assert control.wait(run_id, timeout=240) == "completed"
@@ -257,7 +257,7 @@ def test_lost_supervisor_marks_the_run_failed_and_it_resumes(control):
 
     run_id = control.create(config(3000))
     wait_step(control, run_id, 40)
-    ray.kill(ray.get_actor(supervisor_name(run_id), namespace="falcon-lite"))
+    ray.kill(ray.get_actor(control.supervisor_name(run_id), namespace="falcon-lite"))
     assert control.wait(run_id, timeout=60) == "failed"
     assert "supervisor" in run_row(control, run_id)[3]
     control.resume(run_id)

@@ -75,7 +75,7 @@ def test_store_refuses_a_database_without_schema(raw_db_url):
 def test_store_refuses_an_unknown_revision(engine):
     with engine.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
-    with pytest.raises(SchemaError, match=r"revision f00d, this falcon-lite needs 0002: run `falcon-lite migrate`"):
+    with pytest.raises(SchemaError, match=rf"revision f00d, this falcon-lite needs {SCHEMA_REVISION}: run `falcon-lite migrate`"):
         check_schema(engine)
 
 

@@ -30,7 +30,7 @@ from sqlalchemy import select
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.policy import Origin, Sizes, required_prior
-from falcon_lite.core.samples import InvalidSamples, Samples
+from falcon_lite.core.samples import Samples
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
 from falcon_lite.store.models import Run, Sample, StatusCount

@@ -11,19 +11,21 @@ import os
 import socket
 import time
 
-import numpy as np
 import ray
 
 from falcon_lite.config import RunConfig
 from falcon_lite.settings import Settings, get_settings
 from falcon_lite.store import runs
 from falcon_lite.store.db import check_schema, make_engine, session_factory
+from falcon_lite.store.deployment import deployment_id
 from falcon_lite.store.errors import ConflictError
 from falcon_lite.store.status import ACTIVE, RunStatus
 
 
-def supervisor_name(run_id: int) -> str:
-    return f"falcon-lite-run-{run_id}"
+def supervisor_name(deployment: str, run_id: int) -> str:
+    """The run's supervisor's actor name: scoped by the deployment (`store.deployment`), so
+    that two deployments (two databases) on one cluster never meet each other's run 1."""
+    return f"falcon-lite-{deployment}-run-{run_id}"
 
 
 def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
@@ -41,9 +43,12 @@ def probe_ray_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 def connect_ray(settings: Settings) -> None:
-    """Join RAY_ADDRESS's cluster, or start a local one (the embedded default).
+    """Join RAY_ADDRESS's cluster, or start a new local one (the CLI's embedded default; the
+    server starts a head of its own instead, `runtime/host.py`).
 
-    A local instance runs its workers at the caller's priority: Ray's default (nice 15)
+    Never `ray.init()` without an address: that joins whatever cluster RAY_ADDRESS or
+    /tmp/ray/ray_current_cluster names, i.e. another process's Ray, which may go away under
+    us. A local instance runs its workers at the caller's priority: Ray's default (nice 15)
     lets any other busy process on the machine (the API, PostgreSQL, a benchmark's
     baseline) starve the run's trainer and simulators.
     """
@@ -53,7 +58,7 @@ def connect_ray(settings: Settings) -> None:
     if not settings.ray_address:
         os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
-        address=settings.ray_address or None,
+        address=settings.ray_address or "local",
         namespace=settings.ray_namespace,
         include_dashboard=False,
         log_to_driver=False,
@@ -68,13 +73,17 @@ class RunControl:
         self.engine = make_engine(self.database_url)
         check_schema(self.engine)
         self.sessions = session_factory(self.engine)
+        self.deployment = deployment_id(self.engine)
         connect_ray(self.settings)
         self.reconcile_all()
 
     # -- the supervisor of a run -------------------------------------------------------
+    def supervisor_name(self, run_id: int) -> str:
+        return supervisor_name(self.deployment, run_id)
+
     def _supervisor(self, run_id: int):
         try:
-            return ray.get_actor(supervisor_name(run_id), namespace=self.settings.ray_namespace)
+            return ray.get_actor(self.supervisor_name(run_id), namespace=self.settings.ray_namespace)
         except ValueError:
             return None
 
@@ -95,7 +104,7 @@ class RunControl:
             ray.kill(old)
             self._wait_gone(run_id)
         actor = Supervisor.options(
-            name=supervisor_name(run_id), namespace=self.settings.ray_namespace, lifetime="detached"
+            name=self.supervisor_name(run_id), namespace=self.settings.ray_namespace, lifetime="detached"
         ).remote(run_id, self.database_url)
         ray.get(actor.start.remote())
 
@@ -174,14 +183,6 @@ class RunControl:
         """Simulated batches per Ray node id, as the run's trainer counted them."""
         actor = self._supervisor(run_id)
         return ray.get(actor.placement.remote(), timeout=30) if actor else {}
-
-    def posterior_samples(self, run_id: int, n: int, seed: int = 0) -> np.ndarray:
-        """n draws from the run's current estimate (its newest checkpoint)."""
-        from falcon_lite.engine.resume import load_state
-
-        state = load_state(self.engine, run_id)
-        mean, var = state.estimator.posterior(state.simulator.x_obs)
-        return np.random.default_rng(seed).normal(mean, np.sqrt(var), size=(n, len(mean)))
 
     def wait(self, run_id: int, timeout: float | None = None, poll: float = 0.5) -> str:
         """Block until the run is no longer active (or timeout); returns its status."""

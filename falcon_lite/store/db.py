@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from falcon_lite.store.errors import SchemaError
 
 # The Alembic revision this code was written for (tests check it is the scripts' head).
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS_DIR = REPO_ROOT / "migrations"

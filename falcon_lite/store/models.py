@@ -16,6 +16,8 @@ Tables:
   deletes only TOMBSTONE rows every reader has already seen.
 - ``metrics`` (one row per recorded step, values as JSON), ``events`` (status changes and
   other notices, id ordered) and ``checkpoints`` (estimator state blobs).
+- ``deployment``: one row naming this database's deployment (a random id made by the
+  migration), which scopes the names of its runs' Ray actors on a shared cluster.
 """
 
 from __future__ import annotations
@@ -176,4 +178,11 @@ class Checkpoint(Base):
     run_id: Mapped[int] = mapped_column(_fk_run(), primary_key=True)
     step: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     blob: Mapped[bytes] = mapped_column(LargeBinary)
+    created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Deployment(Base):
+    __tablename__ = "deployment"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
     created: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -3,7 +3,9 @@
 ``uvicorn services.api.app:app`` works too: the module-level ``app`` is built on first
 access from the process settings. The database must already be migrated (``falcon-lite
 serve`` migrates first); the app checks the schema at start-up and refuses to run on a
-wrong one. Ray is connected on the first call that moves a run, not at start-up.
+wrong one. Before it answers, it makes the status of live runs true (`ServedRunControl.startup`:
+with `RAY_ADDRESS` that joins the cluster; the embedded local Ray starts on the first call
+that moves a run).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from falcon_lite import __version__
 from falcon_lite.settings import Settings, get_settings
@@ -48,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         check_schema(engine)
+        await run_in_threadpool(ctx.startup)
         logging.getLogger("falcon_lite.api").info("serving %s", engine.url.render_as_string())
         try:
             yield

@@ -1,8 +1,8 @@
 """Dependencies of the routes, as typed aliases (``CtxDep``, ``SessionDep``, ``AuthDep``).
 
 The app's long-lived objects live in ``AppContext`` on ``app.state.ctx``: settings, the
-database engine and two session factories, the run control (created on first use, since
-it connects to Ray) and the stress jobs. ``SessionDep`` is a read session (plain BEGIN:
+database engine and two session factories, the run control (its Ray lives in other
+processes, started on the first call that moves a run) and the stress jobs. ``SessionDep`` is a read session (plain BEGIN:
 on SQLite in WAL mode it never waits for the trainer's writes); every write goes through
 ``ctx.sessions.begin()`` in one transaction that commits or rolls back as a whole.
 ``await ctx.read(fn, ...)`` runs the polled reads (buffer, metrics, health) on a pooled
@@ -28,7 +28,6 @@ from starlette.concurrency import run_in_threadpool
 
 from falcon_lite.settings import Settings
 from falcon_lite.store.dialects import dialect_for
-from services.api.errors import UnavailableError
 
 T = TypeVar("T")
 
@@ -81,33 +80,30 @@ class AppContext:
             return fn(connection, *args)
 
     def control(self):
-        """The run control (Ray), connected on first use; 503 when Ray cannot be reached."""
+        """The run control: `RunControl`'s calls made through the server's Ray host, whose
+        Ray runs outside this process and starts on the first call that needs it
+        (`falcon_lite/runtime/host.py`); `RayUnavailable` (503) while Ray is lost."""
         with self._lock:
             if self._control is None:
-                try:
-                    from falcon_lite.runtime.control import RunControl
+                from falcon_lite.runtime.served import ServedRunControl
 
-                    self._control = RunControl(self.settings)
-                except ImportError as exc:
-                    raise UnavailableError(f"run control is not available: {exc}") from exc
-                except (ConnectionError, RuntimeError, TimeoutError) as exc:
-                    where = self.settings.ray_address or "a local Ray instance"
-                    raise UnavailableError(f"cannot reach Ray at {where}: {exc}") from exc
+                self._control = ServedRunControl(self.settings, self.engine, self.sessions,
+                                                 self.settings.db_url)
             return self._control
 
+    def startup(self) -> None:
+        """Make live runs' status true before the first request (see `ServedRunControl`)."""
+        self.control().startup()
+
     def connected(self) -> bool:
-        """Whether the run control has been connected (by an earlier call)."""
-        return self._control is not None
+        """Whether the run control has a Ray connected (by an earlier call)."""
+        return self._control is not None and self._control.connected()
 
     def close(self) -> None:
         with self._lock:
             if self._control is not None:
                 self._control.close()
                 self._control = None
-                import ray
-
-                if ray.is_initialized():
-                    ray.shutdown()  # detached run supervisors live on in a cluster
         if self.jobs is not None:
             self.jobs.close()
         self.engine.dispose()

@@ -3,11 +3,13 @@
 Domain errors raised below the service layer become status codes here and nowhere else:
 
 - ``NotFoundError`` -> 404, ``ConflictError`` -> 409,
-- ``SchemaError`` and an unreachable database or Ray cluster -> 503,
+- ``SchemaError``, an unreachable database, and Ray unreachable or lost (``RayUnavailable``,
+  with the reason) -> 503,
 - request validation -> 422 with pydantic's ``loc``/``msg``/``type`` list (FastAPI's own shape);
   a body sent with another ``Content-Type`` than JSON -> 415 saying to send JSON,
 - ``LimitError`` (a request over a configured cap) -> 422 in the same list shape, naming
-  the field and the setting,
+  the field and the setting; ``ConfigError`` (a run config that does not fit its problem or
+  estimator) -> 422 naming the field,
 - anything unexpected -> 500 ``{"detail": ..., "request_id": ...}``, traceback only in the log.
 
 Two small ASGI middlewares live here too: one gives every request an id (header
@@ -28,6 +30,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, InterfaceError
 
 from falcon_lite.engine.problem import ConfigError
+from falcon_lite.runtime.host import RayUnavailable
 from falcon_lite.store.errors import ConflictError, NotFoundError, SchemaError
 
 log = logging.getLogger("falcon_lite.api")
@@ -90,6 +93,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _schema(request: Request, exc: SchemaError) -> JSONResponse:
         detail = f"database schema is not ready: {_detail(exc, 'run `falcon-lite migrate`')}"
         return JSONResponse({"detail": detail}, status_code=503)
+
+    @app.exception_handler(RayUnavailable)
+    async def _ray(request: Request, exc: RayUnavailable) -> JSONResponse:
+        return JSONResponse({"detail": f"run control unavailable: {_detail(exc, 'Ray is lost')}"},
+                            status_code=503)
 
     @app.exception_handler(UnavailableError)
     async def _unavailable(request: Request, exc: UnavailableError) -> JSONResponse:
