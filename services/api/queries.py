@@ -118,6 +118,8 @@ def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int,
     `ConflictError` (409) before the first checkpoint after a training step: the network
     is still the untrained one it started with. `LimitError` (422) when n x dim is over the configured cap.
     """
+    import torch
+
     from falcon_lite.engine.state import restore
 
     with ctx.reading() as session:
@@ -132,13 +134,14 @@ def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int,
         )
     step, blob = saved
     state = restore(RunConfig.model_validate(config), blob)
-    mean, var = state.estimator.posterior(state.simulator.x_obs)
+    dim = state.simulator.dim
     cap = ctx.settings.posterior_max_values
-    if n * len(mean) > cap:
-        raise LimitError(("query", "n"), f"n = {n} samples of dimension {len(mean)} is {n * len(mean)} numbers, "
+    if n * dim > cap:
+        raise LimitError(("query", "n"), f"n = {n} samples of dimension {dim} is {n * dim} numbers, "
                          f"over the limit of {cap} (FALCON_LITE_POSTERIOR_MAX_VALUES): "
-                         f"ask for at most {cap // len(mean)}")
-    return step, np.random.default_rng(seed).normal(mean, np.sqrt(var), size=(n, len(mean)))
+                         f"ask for at most {cap // dim}")
+    # the estimator's own sampler: a Gaussian's or a flow's draws alike
+    return step, state.estimator.sample(state.simulator.x_obs, n, torch.Generator().manual_seed(seed))
 
 
 def buffer_of(connection: Connection, run_id: int) -> dict:
