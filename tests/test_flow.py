@@ -2,7 +2,7 @@
 shapes; gradients reach every parameter; log q integrates to 1 (1-D, by quadrature); samples
 follow log q (1-D by a KS test, 2-D by cell masses); the checkpoint round trip is bit for bit
 and training goes on identically; the seed alone decides the weights; a short NPE training on
-x = theta + 0.1 eps reaches the exact posterior; the config rejects what a flow does not use;
+x = theta + 0.1 eps reaches the exact posterior (moments, C2ST, TARP and HPD coverage); the config rejects what a flow does not use;
 and a run of the engine with it stops and resumes exactly."""
 
 import copy
@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 
 from falcon_lite.config import EstimatorConfig, PriorConfig, RunConfig, with_overrides
+from falcon_lite.core import diagnostics_samples as ds
 from falcon_lite.core.estimators import FlowPosterior, make_estimator
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.protocols import DensityEstimator, Estimator
@@ -227,6 +228,20 @@ def test_npe_training_reaches_the_exact_posterior():
         mean, var = est.posterior(np.array([x]))
         assert abs(mean[0] - x / (1 + sigma**2)) < 0.25 * true_std
         assert math.sqrt(var[0]) / true_std == pytest.approx(1.0, abs=0.15)
+    # the sample diagnostics on it: C2ST against exact posterior draws at x_obs, and the
+    # ground-truth-free coverage on held-out pairs (TARP; HPD from the flow's own log q)
+    generator = torch.Generator().manual_seed(11)
+    x_obs = np.array([0.3])
+    reference = x_obs / (1 + sigma**2) + true_std * rng.normal(size=(1000, 1))
+    assert ds.c2st(est.sample(x_obs, 1000, generator), reference, seed=1) < 0.58
+    theta = rng.normal(size=(300, 1))
+    x = theta + sigma * rng.normal(size=theta.shape)
+    draws = ds.posterior_draws(est, x, 200, generator)  # (300, 200, 1)
+    assert ds.tarp_coverage(draws, theta)["tarp_error"] < 0.1
+    with torch.no_grad():
+        log_q_draws = est.log_prob(draws.reshape(-1, 1), np.repeat(x, 200, axis=0)).reshape(300, 200).numpy()
+        log_q_true = est.log_prob(theta, x).numpy()
+    assert ds.hpd_coverage(log_q_draws, log_q_true)["tarp_error"] < 0.1
 
 
 @pytest.mark.parametrize(
