@@ -82,6 +82,23 @@ def test_shapes(kind, dtype, dim, x_dim):
     assert log_q.shape == (7,) and log_q.dtype == DTYPES[dtype] and torch.isfinite(log_q).all()
 
 
+def test_x_of_any_shape_is_taken_flattened():
+    cfg = EstimatorConfig(name="flow", hidden=[8], normalize=True)
+    est = FlowPosterior(cfg, 2, make_prior(PriorConfig(), 2), torch.Generator().manual_seed(0), x_shape=(2, 3))
+    assert est.x_dim == 6
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(32, 2))
+    x = np.repeat(theta[:, :, None], 3, axis=2) + 0.1 * rng.normal(size=(32, 2, 3))
+    stats = train_step(est, make_optimizer(est, 1e-3), Rows(theta, x))
+    assert np.isfinite(stats["loss"])
+    assert est.sample(x[0], 5, torch.Generator().manual_seed(0)).shape == (5, 2)
+    assert est.posterior_batch(x[:4])[0].shape == (4, 2) and est.log_prob(theta, x).shape == (32,)
+    with pytest.raises(ValueError, match="disagree"):
+        FlowPosterior(cfg, 2, None, x_dim=5, x_shape=(2, 3))
+    with pytest.raises(ValueError, match="plugin embeddings"):
+        FlowPosterior(cfg, 2, None, embedding_plugin=lambda: None)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dim", [1, 3])
 def test_gradients_reach_every_parameter(kind, dim):

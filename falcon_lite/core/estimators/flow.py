@@ -3,7 +3,7 @@
 The flow maps standardised parameters u = (theta - m_theta) / s_theta to a standard normal
 z = f(u; c) through ``transforms`` autoregressive transforms (rational-quadratic splines
 with ``bins`` bins for ``"nsf"``, affine for ``"maf"``), each conditioned on the standardised
-observation c = (x - m_x) / s_x ``(n, x_dim)``. By the change of variables
+observation c = (x - m_x) / s_x ``(n, x_dim)`` (x of any shape, flattened). By the change of variables
 
     log q(theta | x) = log N(f(u; c); 0, I) + log |det df/du| - sum_d log s_theta_d.
 
@@ -23,6 +23,8 @@ embedded already), x_obs ``(x_dim,)``.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -61,11 +63,20 @@ class FlowPosterior(nn.Module):
     amortized = True  # its posterior at any x is a pass of the flow
 
     def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
-                 residual_base: str = "identity", x_dim: int | None = None):
+                 residual_base: str = "identity", x_dim: int | None = None,
+                 x_shape: tuple[int, ...] | None = None, embedding_plugin=None):
         """`residual_base` is not used (a flow takes no residual); `x_dim`: x's feature count
-        (None: ``dim``, as for the built-in simulators)."""
+        (None: ``dim``, as for the built-in simulators), or `x_shape`: the shape of one x, taken
+        flattened (x_dim = its size). A plugin embedding is not wired into the flow yet."""
         super().__init__()
         del prior, residual_base
+        if embedding_plugin is not None:
+            raise ValueError("estimator 'flow' takes x flattened: plugin embeddings are not supported yet")
+        if x_shape is not None:
+            size = math.prod(x_shape)
+            if x_dim is not None and x_dim != size:
+                raise ValueError(f"x_dim={x_dim} and x_shape={tuple(x_shape)} disagree")
+            x_dim = size
         self.dim, self.x_dim = dim, dim if x_dim is None else x_dim
         self.dtype = DTYPES[cfg.dtype]
         self.importance_weighting = cfg.importance_weighting
