@@ -132,7 +132,7 @@ class EmbeddingConfig(Strict):
 
 
 class EstimatorConfig(Strict):
-    name: Literal["gaussian_ema", "gaussian_nle"] = "gaussian_ema"
+    name: Literal["gaussian_ema", "gaussian_nle", "flow"] = "gaussian_ema"
     preset: Literal["calibrated"] | None = Field(
         default=None, description="Named settings applied on top of the fields: " + ", ".join(PRESETS)
     )
@@ -158,6 +158,11 @@ class EstimatorConfig(Strict):
     )
     importance_weighting: bool = False
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    flow: Literal["nsf", "maf"] = Field(
+        "nsf", description='name = "flow": neural spline flow ("nsf") or masked autoregressive flow ("maf") (zuko).'
+    )
+    transforms: PositiveInt = Field(3, description='name = "flow": the number of autoregressive transforms.')
+    bins: Annotated[int, Field(ge=2)] = Field(8, description='name = "flow", flow = "nsf": spline bins.')
 
     @model_validator(mode="after")
     def _base_is_for_the_posterior(self) -> EstimatorConfig:
@@ -171,6 +176,23 @@ class EstimatorConfig(Strict):
             if name in self.model_fields_set and getattr(self, name) != value:
                 raise ValueError(f"preset {self.preset!r} sets {name}={value}: drop {name} or the preset")
             object.__setattr__(self, name, value)
+        return self
+
+    @model_validator(mode="after")
+    def _options_fit_the_estimator(self) -> EstimatorConfig:
+        # (after the preset, so that a preset's settings are checked too)
+        fields = type(self).model_fields
+        if self.name == "flow":
+            for name in ("residual", "center_output", "loss", "variance_source"):
+                if getattr(self, name) != fields[name].default:
+                    raise ValueError(
+                        f"estimator 'flow' does not use {name}={getattr(self, name)!r}: its loss is always "
+                        "-log q(theta | x) and its width is the flow's own (use normalize for standardisation)"
+                    )
+        else:
+            for name in ("flow", "transforms", "bins"):
+                if getattr(self, name) != fields[name].default:
+                    raise ValueError(f"{name} applies to estimator 'flow' only, not {self.name!r}")
         return self
 
 

@@ -1,7 +1,8 @@
 """The typed faces of what a run is made of: simulators, priors and estimators.
 
 The engine calls these and nothing else: it never asks for a class or a registered name.
-What differs between estimators is said as a capability (`Estimator.amortized`), so that a
+What differs between estimators is said as a capability (`Estimator.amortized`; an estimator
+that trains by its own density loss is a `DensityEstimator`), so that a
 new estimator or problem joins by implementing the protocol and being registered.
 Shapes: theta ``(n, D)``, x ``(n, *x_shape)``; a single x_obs is ``x_shape``.
 """
@@ -78,3 +79,24 @@ class Estimator(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> Any: ...
+
+
+@runtime_checkable
+class DensityEstimator(Protocol):
+    """An estimator trained on its own loss (a normalizing flow: the NPE negative log-likelihood)
+    rather than through a Gaussian regression head. Tensors: theta ``(n, D)``, x ``(n, x_dim)``
+    in the estimator's ``dtype``; weights ``w`` ``(n,)`` summing to one, or None for 1/n."""
+
+    dtype: torch.dtype
+
+    def observe(self, theta: torch.Tensor, x: torch.Tensor) -> None:
+        """Update running statistics (standardisation) from a training batch, before its step."""
+        ...
+
+    def loss(self, theta: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        """The scalar training loss of one batch (differentiable)."""
+        ...
+
+    def log_prob(self, theta, x) -> torch.Tensor:
+        """``(n,)`` log q(theta_i | x_i)."""
+        ...

@@ -13,6 +13,10 @@ by residuals of the updated model on the validation set (``"validation"``; the t
 when the validation set is empty or missing, reported as ``variance_source_used``), or by the
 batch's proposal-origin rows alone (``"proposal"``; all rows when fewer than two are): the
 width at x_obs measured where the proposal puts its samples, not over the prior's range.
+
+An estimator that trains on its own density loss (`protocols.DensityEstimator`, the flow) takes
+the same optimizer step on ``loss = -sum_i w_i log q(theta_i | x_i)`` (w_i = 1/n without IW),
+after ``observe`` has updated its standardisation; it has no variance to update.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from falcon_lite.core.adam import FusedAdam, fused_kernel_supports
 from falcon_lite.core.policy import Origin
+from falcon_lite.core.protocols import DensityEstimator
 
 Optimizer = FusedAdam | torch.optim.Optimizer
 
@@ -83,6 +88,8 @@ def train_step(est, opt: Optimizer, batch, validation=None) -> dict:
     size fraction, 1.0 without IW), ``w_max`` (largest normalised weight times n; 1.0 without IW),
     ``variance_source_used``.
     """
+    if isinstance(est, DensityEstimator):
+        return density_step(est, opt, batch)
     head = est.head
     inp, out, w = _tensors(est, batch, head.dtype)
     head.observe(inp, out)
@@ -116,6 +123,28 @@ def train_step(est, opt: Optimizer, batch, validation=None) -> dict:
         "variance_source_used": source,
     }
     if w is not None:
-        stats["ess"] = float(1.0 / (n * float((w * w).sum())))
-        stats["w_max"] = float(w.max()) * n
+        stats.update(weight_stats(w, n))
+    return stats
+
+
+def weight_stats(w: torch.Tensor, n: int) -> dict:
+    """``ess`` = 1 / (n sum w^2) and ``w_max`` = n max w of normalised weights w (n,)."""
+    return {"ess": float(1.0 / (n * float((w * w).sum()))), "w_max": float(w.max()) * n}
+
+
+def density_step(est: DensityEstimator, opt: Optimizer, batch) -> dict:
+    """One optimizer step of an estimator with its own loss; returns ``loss``, ``ess``, ``w_max``."""
+    theta = torch.as_tensor(batch.theta, dtype=est.dtype)
+    x = torch.as_tensor(batch.x, dtype=est.dtype).reshape(len(theta), -1)
+    w = None
+    if est.importance_weighting:
+        w = torch.as_tensor(iw_weights(batch.log_prior, batch.log_q), dtype=est.dtype)
+    est.observe(theta, x)
+    loss = est.loss(theta, x, w)
+    clear_grads(opt)
+    loss.backward()
+    opt.step()
+    stats = {"loss": loss.item(), "ess": 1.0, "w_max": 1.0}
+    if w is not None:
+        stats.update(weight_stats(w, len(theta)))
     return stats

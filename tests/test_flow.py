@@ -1,0 +1,326 @@
+"""The flow estimator's invariants (core/estimators/flow.py), NSF and MAF, float64 and float32:
+shapes; gradients reach every parameter; log q integrates to 1 (1-D, by quadrature); samples
+follow log q (1-D by a KS test, 2-D by cell masses); the checkpoint round trip is bit for bit
+and training goes on identically; the seed alone decides the weights; a short NPE training on
+x = theta + 0.1 eps reaches the exact posterior (moments, C2ST, TARP and HPD coverage); the config rejects what a flow does not use;
+and a run of the engine with it stops and resumes exactly."""
+
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from falcon_lite.config import EstimatorConfig, PriorConfig, RunConfig, with_overrides
+from falcon_lite.core import diagnostics_samples as ds
+from falcon_lite.core.estimators import FlowPosterior, make_estimator
+from falcon_lite.core.priors import make_prior
+from falcon_lite.core.protocols import DensityEstimator, Estimator
+from falcon_lite.core.training import iw_weights, make_optimizer, set_lr, train_step
+
+torch.set_num_threads(1)
+
+KINDS = ["nsf", "maf"]
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+class Rows:
+    """The duck-typed batch train_step takes."""
+
+    def __init__(self, theta, x, log_q=None, log_prior=None, origin=None):
+        n = len(theta)
+        self.theta, self.x = theta, x
+        self.log_prior = np.zeros(n) if log_prior is None else log_prior
+        self.log_q = self.log_prior if log_q is None else log_q
+        self.origin = np.zeros(n, np.int8) if origin is None else origin
+
+
+def flow(kind="nsf", dim=1, seed=0, x_dim=None, **options):
+    cfg = EstimatorConfig(name="flow", flow=kind, hidden=[16, 16], normalize=True, **options)
+    return FlowPosterior(cfg, dim, make_prior(PriorConfig(), dim), torch.Generator().manual_seed(seed), x_dim=x_dim)
+
+
+def toy(n, dim, rng, x_dim=None, sigma=0.1):
+    """theta ~ N(0, 1) (shifted by 2 and scaled by 3 in dim 0, so that standardising matters),
+    x = theta + sigma eps (repeated up to x_dim features)."""
+    theta = rng.normal(size=(n, dim))
+    theta[:, 0] = 2.0 + 3.0 * theta[:, 0]
+    x = theta + sigma * rng.normal(size=theta.shape)
+    if x_dim is not None:
+        x = np.concatenate([x, rng.normal(size=(n, x_dim - dim))], axis=1)
+    return Rows(theta, x)
+
+
+def trained(est, steps=5, seed=0, lr=1e-2, **batch):
+    opt = make_optimizer(est, lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        stats = train_step(est, opt, toy(64, est.dim, rng, **batch))
+    return est, opt, stats
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("dim, x_dim", [(1, None), (3, None), (2, 5)])
+def test_shapes(kind, dtype, dim, x_dim):
+    est, _, stats = trained(flow(kind, dim, x_dim=x_dim, dtype=dtype), x_dim=x_dim)
+    assert isinstance(est, Estimator) and isinstance(est, DensityEstimator) and est.amortized
+    assert {"loss", "ess", "w_max"} <= set(stats) and np.isfinite(stats["loss"])
+    n_x = dim if x_dim is None else x_dim
+    assert all(p.dtype == DTYPES[dtype] for p in est.parameters())
+    x_obs = np.linspace(-1, 1, n_x)
+    mean, var = est.posterior(x_obs)
+    assert mean.shape == var.shape == (dim,) and mean.dtype == var.dtype == np.float64 and np.all(var > 0)
+    m_b, v_b = est.posterior_batch(np.stack([x_obs] * 4))
+    assert m_b.shape == v_b.shape == (4, dim) and m_b.dtype == np.float64
+    draws = est.sample(x_obs, 7, torch.Generator().manual_seed(0))
+    assert draws.shape == (7, dim) and draws.dtype == np.float64 and np.all(np.isfinite(draws))
+    log_q = est.log_prob(draws, np.stack([x_obs] * 7))
+    assert log_q.shape == (7,) and log_q.dtype == DTYPES[dtype] and torch.isfinite(log_q).all()
+
+
+def test_x_of_any_shape_is_taken_flattened():
+    cfg = EstimatorConfig(name="flow", hidden=[8], normalize=True)
+    est = FlowPosterior(cfg, 2, make_prior(PriorConfig(), 2), torch.Generator().manual_seed(0), x_shape=(2, 3))
+    assert est.x_dim == 6
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(32, 2))
+    x = np.repeat(theta[:, :, None], 3, axis=2) + 0.1 * rng.normal(size=(32, 2, 3))
+    stats = train_step(est, make_optimizer(est, 1e-3), Rows(theta, x))
+    assert np.isfinite(stats["loss"])
+    assert est.sample(x[0], 5, torch.Generator().manual_seed(0)).shape == (5, 2)
+    assert est.posterior_batch(x[:4])[0].shape == (4, 2) and est.log_prob(theta, x).shape == (32,)
+    with pytest.raises(ValueError, match="disagree"):
+        FlowPosterior(cfg, 2, None, x_dim=5, x_shape=(2, 3))
+    with pytest.raises(ValueError, match="plugin embeddings"):
+        FlowPosterior(cfg, 2, None, embedding_plugin=lambda: None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dim", [1, 3])
+def test_gradients_reach_every_parameter(kind, dim):
+    est = flow(kind, dim)
+    batch = toy(64, dim, np.random.default_rng(1))
+    theta, x = torch.as_tensor(batch.theta), torch.as_tensor(batch.x)
+    est.observe(theta, x)
+    est.loss(theta, x).backward()
+    params = dict(est.named_parameters())
+    assert params
+    for name, p in params.items():
+        assert p.grad is not None, f"no gradient reaches {name}"
+        assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"zero/non-finite gradient at {name}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_log_prob_integrates_to_one(kind):
+    est, _, _ = trained(flow(kind, 1), steps=20)
+    assert float(est.theta_std[0]) > 2.0  # the standardisation is in force (its Jacobian counts)
+    grid = np.linspace(-60.0, 60.0, 60_001)
+    for x in (-1.0, 2.0, 5.0):
+        with torch.no_grad():
+            density = torch.exp(est.log_prob(grid[:, None], np.full((len(grid), 1), x))).numpy()
+        assert np.trapezoid(density, grid) == pytest.approx(1.0, abs=1e-4)
+
+
+def _cdf(est, x, grid):
+    with torch.no_grad():
+        density = torch.exp(est.log_prob(grid[:, None], np.full((len(grid), 1), x))).numpy()
+    return np.concatenate([[0.0], np.cumsum(0.5 * (density[1:] + density[:-1]) * np.diff(grid))])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_samples_follow_log_prob_1d(kind):
+    """Kolmogorov-Smirnov: the empirical CDF of 20 000 draws against the CDF of exp(log q)."""
+    est, _, _ = trained(flow(kind, 1), steps=20)
+    grid = np.linspace(-60.0, 60.0, 60_001)
+    n = 20_000
+    for x in (0.0, 3.0):
+        draws = np.sort(est.sample(np.array([x]), n, torch.Generator().manual_seed(3))[:, 0])
+        cdf = np.interp(draws, grid, _cdf(est, x, grid))
+        ks = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+        assert ks < 1.63 / math.sqrt(n)  # the 1 % critical value
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_samples_follow_log_prob_2d(kind):
+    """The share of 40 000 draws in each cell of a 6 x 6 grid against the cell's mass under exp(log q)
+    (the midpoint rule on a 400 x 400 lattice whose lines include the cells' edges)."""
+    est, _, _ = trained(flow(kind, 2), steps=20)
+    x = np.array([1.0, -0.5])
+    draws = est.sample(x, 40_000, torch.Generator().manual_seed(4))
+    lines = [np.linspace(draws[:, d].min() - 1.0, draws[:, d].max() + 1.0, 401) for d in range(2)]
+    mids = [0.5 * (a[1:] + a[:-1]) for a in lines]
+    g0, g1 = np.meshgrid(*mids, indexing="ij")
+    with torch.no_grad():
+        density = torch.exp(est.log_prob(np.stack([g0.ravel(), g1.ravel()], axis=1),
+                                         np.tile(x, (g0.size, 1)))).numpy().reshape(g0.shape)
+    mass = density * np.outer(np.diff(lines[0]), np.diff(lines[1]))
+    assert mass.sum() == pytest.approx(1.0, abs=2e-3)
+    # cells of about equal share: edges at the draws' sextiles, moved onto lattice lines
+    cuts = [np.searchsorted(lines[d], np.quantile(draws[:, d], np.linspace(0, 1, 7)[1:-1])) for d in range(2)]
+    edges = [lines[d][np.concatenate([[0], cuts[d], [400]])] for d in range(2)]
+    counts = np.histogram2d(draws[:, 0], draws[:, 1], bins=edges)[0] / len(draws)
+    bounds = [np.concatenate([[0], cuts[d], [400]]) for d in range(2)]
+    cell_mass = np.array([[mass[bounds[0][i]:bounds[0][i + 1], bounds[1][j]:bounds[1][j + 1]].sum()
+                           for j in range(6)] for i in range(6)])
+    tolerance = 4 * np.sqrt(cell_mass * (1 - cell_mass) / len(draws)) + 1e-3
+    assert np.all(np.abs(counts - cell_mass) < tolerance), np.abs(counts - cell_mass) / tolerance
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_checkpoint_round_trip_is_bit_for_bit(kind, dtype):
+    est, opt, _ = trained(flow(kind, 2, seed=0, dtype=dtype, importance_weighting=True), steps=4)
+    buf = io.BytesIO()
+    torch.save({"estimator": est.state_dict(), "optimizer": opt.state_dict()}, buf)
+    saved = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+
+    other = flow(kind, 2, seed=99, dtype=dtype, importance_weighting=True)  # other initial weights
+    assert not all(torch.equal(a, b) for a, b in zip(est.parameters(), other.parameters()))
+    other_opt = make_optimizer(other, 1e-3)
+    other.load_state_dict(saved["estimator"])
+    other_opt.load_state_dict(saved["optimizer"])
+    for key, value in est.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key
+
+    x = np.array([0.5, -0.2])
+    theta = toy(50, 2, np.random.default_rng(7)).theta
+    with torch.no_grad():
+        assert torch.equal(est.log_prob(theta, np.tile(x, (50, 1))), other.log_prob(theta, np.tile(x, (50, 1))))
+    for a, b in zip(est.posterior(x), other.posterior(x)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(est.sample(x, 20, torch.Generator().manual_seed(5)),
+                                  other.sample(x, 20, torch.Generator().manual_seed(5)))
+    rng_a, rng_b = np.random.default_rng(8), np.random.default_rng(8)
+    for _ in range(3):  # training goes on identically
+        assert train_step(est, opt, toy(64, 2, rng_a)) == train_step(other, other_opt, toy(64, 2, rng_b))
+    for key, value in est.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_generator_alone_decides_the_weights(kind):
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a, b, c = flow(kind, 2, seed=7), flow(kind, 2, seed=7), flow(kind, 2, seed=8)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global generator is left alone
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(next(a.parameters()), next(c.parameters()))
+    np.testing.assert_array_equal(a.posterior(np.zeros(2))[1], b.posterior(np.zeros(2))[1])
+
+
+def test_importance_weighted_loss_by_hand():
+    est = flow("nsf", 1, importance_weighting=True)
+    rng = np.random.default_rng(2)
+    batch = toy(64, 1, rng)
+    batch.log_prior, batch.log_q = rng.normal(size=64), rng.normal(size=64)
+    w = iw_weights(batch.log_prior, batch.log_q)
+    expected_state = copy.deepcopy(est)
+    expected_state.observe(torch.as_tensor(batch.theta), torch.as_tensor(batch.x))
+    with torch.no_grad():
+        expected = -(torch.as_tensor(w) * expected_state.log_prob(batch.theta, batch.x)).sum()
+    stats = train_step(est, make_optimizer(est, 1e-3), batch)
+    assert stats["loss"] == pytest.approx(float(expected), rel=1e-12)
+    assert stats["ess"] == pytest.approx(1.0 / (64 * float((w * w).sum())), rel=1e-12)
+    assert stats["w_max"] == pytest.approx(64 * w.max(), rel=1e-12)
+
+
+def test_npe_training_reaches_the_exact_posterior():
+    """theta ~ N(0, 1), x = theta + 0.1 eps: q(theta | x) -> N(x / 1.01, 0.01 / 1.01)."""
+    sigma = 0.1
+    est = FlowPosterior(EstimatorConfig(name="flow", hidden=[32, 32], normalize=True, ema_momentum=0.05), 1,
+                        make_prior(PriorConfig(), 1), torch.Generator().manual_seed(0))
+    opt = make_optimizer(est, 3e-3)
+    rng = np.random.default_rng(0)
+    for step in range(600):
+        if step == 400:
+            set_lr(opt, 1e-3)
+        theta = rng.normal(size=(256, 1))
+        train_step(est, opt, Rows(theta, theta + sigma * rng.normal(size=theta.shape)))
+    true_std = sigma / math.sqrt(1 + sigma**2)
+    for x in (-1.0, 0.3, 1.5):
+        mean, var = est.posterior(np.array([x]))
+        assert abs(mean[0] - x / (1 + sigma**2)) < 0.25 * true_std
+        assert math.sqrt(var[0]) / true_std == pytest.approx(1.0, abs=0.15)
+    # the sample diagnostics on it: C2ST against exact posterior draws at x_obs, and the
+    # ground-truth-free coverage on held-out pairs (TARP; HPD from the flow's own log q)
+    generator = torch.Generator().manual_seed(11)
+    x_obs = np.array([0.3])
+    reference = x_obs / (1 + sigma**2) + true_std * rng.normal(size=(1000, 1))
+    assert ds.c2st(est.sample(x_obs, 1000, generator), reference, seed=1) < 0.58
+    theta = rng.normal(size=(300, 1))
+    x = theta + sigma * rng.normal(size=theta.shape)
+    draws = ds.posterior_draws(est, x, 200, generator)  # (300, 200, 1)
+    assert ds.tarp_coverage(draws, theta)["tarp_error"] < 0.1
+    with torch.no_grad():
+        log_q_draws = est.log_prob(draws.reshape(-1, 1), np.repeat(x, 200, axis=0)).reshape(300, 200).numpy()
+        log_q_true = est.log_prob(theta, x).numpy()
+    assert ds.hpd_coverage(log_q_draws, log_q_true)["tarp_error"] < 0.1
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"residual": True}, "does not use residual"),
+        ({"loss": "nll"}, "does not use loss"),
+        ({"variance_source": "validation"}, "does not use variance_source"),
+        ({"center_output": False}, "does not use center_output"),
+        ({"preset": "calibrated"}, "does not use residual"),
+    ],
+)
+def test_config_rejects_what_a_flow_does_not_use(options, message):
+    with pytest.raises(ValidationError, match=message):
+        EstimatorConfig(name="flow", **options)
+
+
+def test_config_flow_fields_are_for_the_flow_only():
+    assert EstimatorConfig().model_dump() == {**EstimatorConfig().model_dump(), "flow": "nsf", "transforms": 3, "bins": 8}
+    with pytest.raises(ValidationError, match="applies to estimator 'flow' only"):
+        EstimatorConfig(name="gaussian_ema", bins=4)
+    cfg = EstimatorConfig(name="flow", flow="maf", transforms=2)
+    est = make_estimator(cfg, 2, make_prior(PriorConfig(), 2), torch.Generator().manual_seed(0))
+    assert isinstance(est, FlowPosterior)
+
+
+def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
+    """A 300-step run (100 prior-only warm-up steps) stopped at step 150 and resumed equals one never stopped."""
+    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    url = f"sqlite:///{tmp_path / 'flow.db'}"
+    migrate(url)
+    config = with_overrides(RunConfig(), {
+        "estimator.name": "flow", "estimator.hidden": [16, 16], "estimator.normalize": True,
+        "estimator.flow": "maf", "simulator.sigma_obs": 0.1,
+        "training.steps": 300, "training.warmup_steps": 100, "training.checkpoint_every": 50,
+        "buffer.simulations_per_step": 32, "buffer.min_training": 32, "buffer.max_training": 32,
+        "training.batch_size": 32,
+    })
+    engine = make_engine(url)
+
+    def run(stop_at=None):
+        with session_factory(engine).begin() as s:
+            run_id = runs.create_run(s, config).id
+        if stop_at is None:
+            run_inline(engine, run_id)
+        else:
+            seen = []
+            run_inline(engine, run_id, should_stop=lambda: len(seen) >= stop_at,
+                       on_step=lambda step, row: seen.append(step))
+            with session_factory(engine).begin() as s:
+                assert (runs.get_run(s, run_id).status, runs.get_run(s, run_id).step) == ("stopped", stop_at)
+            run_inline(engine, run_id)
+        with session_factory(engine).begin() as s:
+            assert runs.get_run(s, run_id).status == "completed"
+            return runs.metrics_since(s, run_id, limit=None)
+
+    straight, resumed = run(), run(stop_at=150)
+    engine.dispose()
+    assert [r["step"] for r in straight] == list(range(300))
+    assert resumed == straight
+    assert all(np.isfinite(r["std_ratio"]) for r in straight)
+    assert "coverage_68" in straight[-1]  # the held-out checks ran on the flow's posterior_batch
