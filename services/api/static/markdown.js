@@ -117,7 +117,10 @@ function renderMarkdown(md, resolve) {
     } else if (line.trim().startsWith("|") && i + 1 < lines.length && SEPARATOR.test(lines[i + 1])) {
       const block = [];
       while (i < lines.length && lines[i].trim().startsWith("|")) block.push(lines[i++]);
-      out.append(table(block, resolve));
+      const scroll = document.createElement("div"); // a wide table scrolls alone, not the page
+      scroll.className = "md-table";
+      scroll.append(table(block, resolve));
+      out.append(scroll);
     } else if ((m = /^\s*([-*]|\d+\.)\s+/.exec(line))) {
       const ordered = /\d/.test(m[1]);
       const list = document.createElement(ordered ? "ol" : "ul");
