@@ -8,79 +8,15 @@ FALCON_LITE_REQUIRE_BROWSER=1.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 
 import pytest
 
 from falcon_lite.client import Client
+from tests.plugins.browser import COLOUR_PIXELS, browser, click, wait  # noqa: F401 (fixture)
 from tests.plugins.server import TOKEN, ray_server  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-WAIT_S = 300  # generous: the machine may be shared and heavily loaded
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        message = "headless browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
-        if os.environ.get("FALCON_LITE_REQUIRE_BROWSER", "") not in ("", "0"):
-            pytest.fail(f"{message} (FALCON_LITE_REQUIRE_BROWSER=1)")
-        pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    profile = tempfile.mkdtemp(prefix="flr-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-def wait(driver, predicate, what: str, timeout: float = WAIT_S):
-    """Poll `predicate` until it returns a truthy value. The runs table is drawn anew every 2 s:
-    an element found in one drawing and read in the next is stale, and is looked up again."""
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.3,
-                         ignored_exceptions=(StaleElementReferenceException,)).until(
-        lambda d: predicate(d), message=f"timed out waiting for {what}"
-    )
-
-
-def click(driver, element_id: str) -> None:
-    """Click the element with this id (looked up again if the table was redrawn meanwhile)."""
-    from selenium.webdriver.common.by import By
-
-    wait(driver, lambda d: d.find_element(By.ID, element_id).click() or True, f"#{element_id} to be clicked")
-
-
-# Count the pixels of one chart's canvas that have the series' stroke colour.
-COLOUR_PIXELS = """
-const [selector, r, g, b] = arguments;
-const canvas = document.querySelector(selector + ' canvas');
-if (!canvas) return -1;
-const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-let n = 0;
-for (let i = 0; i < data.length; i += 4) {
-  if (Math.abs(data[i] - r) < 30 && Math.abs(data[i + 1] - g) < 30 && Math.abs(data[i + 2] - b) < 30 && data[i + 3] > 0) n++;
-}
-return n;
-"""
 
 
 def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
@@ -115,7 +51,7 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
     series = lambda: browser.execute_script(  # noqa: E731
         "const s = window.falconDashboard.series;"
         "return [window.falconDashboard.runId, s.steps.length, s.std_ratio.filter(v => v !== null).length,"
-        " s.bias.filter(v => v !== null).length, s.bufferSteps.length];"
+        " s.bias.filter(v => v !== null).length, s.trainable_prior.filter(v => v !== null).length];"
     )
     wait(browser, lambda d: series()[1] >= 10 and series()[4] >= 2, "10 diagnostics rows in the charts")
     shown_run, n_steps, n_ratio, n_bias, n_buffer = series()
@@ -151,7 +87,8 @@ def test_dashboard_start_watch_stop(browser, ray_server):  # noqa: F811
 
 
 def test_dashboard_stress_view(browser, ray_server):  # noqa: F811
-    """A stress matrix launched from the page: report.md's table and the plots appear."""
+    """A stress matrix launched from the page: report.md's table and the plots appear (the
+    rendering of the markdown itself: test_dashboard_page.py)."""
     from selenium.webdriver.common.by import By
 
     browser.get(ray_server.url + "/")
@@ -171,5 +108,5 @@ def test_dashboard_stress_view(browser, ray_server):  # noqa: F811
     assert len(rows) >= 3, browser.find_element(By.ID, "stress-report").text  # header + one row per grid point
     assert "0.5" in browser.find_element(By.ID, "stress-table").text
     wait(browser, lambda d: d.execute_script(
-        "const imgs = [...document.querySelectorAll('#stress-plots img')];"
+        "const imgs = [...document.querySelectorAll('#stress-report img, #stress-plots img')];"
         "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"), "the plots to load")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
+from falcon_lite.core.regime import RegimeTracker
 from falcon_lite.store import runs
 from falcon_lite.store.db import session_factory
 
@@ -39,7 +40,7 @@ class Recorder:
         self.rows: list[dict] = []
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self.last_flush = -math.inf  # the first row goes out at once
-        self.regime: float | None = None
+        self.regime = RegimeTracker()
         self.alarm: float | None = None
         self.rollbacks: float | None = None
 
@@ -65,8 +66,8 @@ class Recorder:
         self.last_flush = time.monotonic()
 
     def _regime_events(self, session, rows: list[dict]) -> None:
-        """Events when the run changes regime (by the truth), the alarm flips (without it), or
-        the adaptive policy rolls back."""
+        """Events when the run changes regime (by the truth, with hysteresis: core/regime.py),
+        the alarm flips (without it), or the adaptive policy rolls back."""
         for row in rows:
             rollbacks = row.get("rollbacks")
             if rollbacks is not None:
@@ -81,9 +82,6 @@ class Recorder:
                     runs.add_event(session, self.run_id, "alarm",
                                    {"step": row["step"], "alarm": state, "alarm_ema": row.get("alarm_ema")})
                 self.alarm = alarm
-            regime = row.get("constant_regime")
-            if regime is not None and regime != self.regime:
-                if self.regime is not None:
-                    name = "constant" if regime else "identity"
-                    runs.add_event(session, self.run_id, "regime", {"step": row["step"], "regime": name})
-                self.regime = regime
+            if row.get("constant_regime") is not None and (name := self.regime.update(row["constant_regime"])):
+                runs.add_event(session, self.run_id, "regime",
+                               {"step": row["step"], "regime": name, "constant_share": self.regime.share})

@@ -5,7 +5,8 @@ None of these functions commits: the caller owns the transaction (open sessions 
 and `ConflictError` for an action the run's status forbids.
 
 Run lifecycle (`falcon_lite.store.status`; `set_status` enforces it, and setting the current
-status again is a no-op). Every status change also records an event of kind ``"status"``.
+status again is a no-op). Every status change also records an event of kind ``"status"``, with the step
+the run was at.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def set_status(session: Session, run_id: int, status: RunStatus | str, reason: s
     run.outcome = outcome if status.terminal else None
     run.updated = utcnow()
     add_event(session, run_id, "status", {"status": status.value, "previous": previous, "reason": reason,
-                                          **({"outcome": outcome} if outcome is not None else {})})
+                                          "step": run.step, **({"outcome": outcome} if outcome is not None else {})})
     session.flush()
     return run
 
@@ -274,6 +275,19 @@ def events_since(session: Session, run_id: int, after_id: int = 0, limit: int = 
         select(Event).where(Event.run_id == run_id, Event.id > after_id).order_by(Event.id).limit(limit)
     )
     return list(session.execute(stmt).scalars())
+
+
+def events_tail(session: Session, run_id: int, limit: int, skip_kinds: Iterable[str] = ()) -> tuple[list[Event], int]:
+    """The run's newest `limit` events not of `skip_kinds`, oldest first, and the newest
+    event id of any kind (0 if none): where a reader that starts from this tail goes on."""
+    get_run(session, run_id)
+    skip = list(skip_kinds)
+    stmt = select(Event).where(Event.run_id == run_id)
+    if skip:
+        stmt = stmt.where(Event.kind.not_in(skip))
+    tail = list(session.execute(stmt.order_by(Event.id.desc()).limit(limit)).scalars())
+    newest = session.execute(select(func.max(Event.id)).where(Event.run_id == run_id)).scalar()
+    return tail[::-1], int(newest or 0)
 
 
 def save_checkpoint(

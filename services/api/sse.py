@@ -9,7 +9,12 @@ The stream polls the database (the events table and new metrics rows) every
 - ``diagnostics``: ``{"rows": [{"step", NAME: value, ...}, ...], "buffer": {...}}`` with
   the metrics rows recorded since the last message (at most ``MAX_ROWS``, thinned evenly)
   and the buffer's composition (the ``GET /runs/{id}/buffer`` shape);
-- other event kinds under their own name (e.g. ``regime``);
+- other event kinds under their own name (e.g. ``regime``).
+
+Every event carries the ``step`` at which it happened (recorded with it; ``null`` for a
+status change recorded before steps were), not the run's current step. A new connection
+(no ``Last-Event-ID``) gets the newest ``REPLAY_EVENTS`` events only, not the run's whole
+history; its metrics rows are thinned like any other message.
 - ``end`` once the run is no longer live and everything has been sent; the server then
   closes the stream.
 
@@ -32,6 +37,7 @@ from services.api.deps import AppContext
 
 POLL_SECONDS = 0.5
 MAX_ROWS = 500
+REPLAY_EVENTS = 100
 
 
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
@@ -52,14 +58,22 @@ def _thin(rows: list[dict], keep: int) -> list[dict]:
 
 
 def _poll(ctx: AppContext, run_id: int, after_event: int, after_step: int) -> dict:
-    """One look at the database: the run, its new events and metrics rows."""
+    """One look at the database: the run, its new events and metrics rows.
+
+    From the start (``after_event == 0``) only the newest ``REPLAY_EVENTS`` events are read;
+    ``newest`` is then the id the reader goes on from.
+    """
     with ctx.reading() as session:
         run = store_runs.get_run(session, run_id)
-        events = store_runs.events_since(session, run_id, after_event)
+        if after_event == 0:
+            events, newest = store_runs.events_tail(session, run_id, REPLAY_EVENTS, skip_kinds=("diagnostics",))
+        else:
+            events = store_runs.events_since(session, run_id, after_event)
+            newest = after_event
         rows = store_runs.metrics_since(session, run_id, after_step, None, 100_000)
         state = {"id": run.id, "status": run.status, "step": run.step, "reason": run.reason}
     buffer = queries.buffer(ctx, run_id) if rows else None
-    return {"run": state, "events": events, "rows": rows, "buffer": buffer}
+    return {"run": state, "events": events, "newest": newest, "rows": rows, "buffer": buffer}
 
 
 def _event_fields(event) -> tuple[int, str, dict]:
@@ -90,8 +104,9 @@ def event_stream(ctx: AppContext, run_id: int, last_event_id: str | None) -> Eve
                 after_event = max(after_event, eid)
                 if kind == "diagnostics":
                     continue  # the metrics rows below carry the diagnostics
-                message = {**data, "id": run_id, "step": run["step"]}
+                message = {**data, "id": run_id, "step": data.get("step")}
                 yield ServerSentEvent(json.dumps(message), event=kind, id=f"{after_event}:{after_step}")
+            after_event = max(after_event, seen["newest"])
             if seen["rows"]:
                 after_step = max(after_step, seen["rows"][-1]["step"])
                 payload = {"rows": _thin(seen["rows"], MAX_ROWS), "buffer": seen["buffer"]}

@@ -2,14 +2,16 @@
 // Plain JS on top of the REST API (v1); charts are uPlot (vendor/, MIT).
 "use strict";
 
-// The chart stacks the live buffer; tombstoned and purged samples are counted below it
-// (they grow without bound and would flatten the live layers).
-const STATUSES = ["VALIDATION", "TRAINING", "DISFAVOURED"];
-const ORIGINS = ["prior", "proposal"];
-const LAYERS = STATUSES.flatMap((s) => ORIGINS.map((o) => [s, o]));
-const LAYER_COLORS = ["#9ecae1", "#3182bd", "#a1d99b", "#31a354", "#fdae6b", "#e6550d"];
+// The buffer chart stacks the live buffer from the metrics rows (each holds the trainer's view
+// of the pool: `validation`, `trainable`, `trainable_prior`), so it shows the run's history,
+// not only what happened since the page opened. The last GET /buffer body (tombstoned,
+// purged, disfavoured) is summarised below it.
+const LAYERS = [["validation", "validation"], ["trainable_prior", "trainable prior"],
+                ["trainable_proposal", "trainable proposal"]];
+const LAYER_COLORS = ["#9ecae1", "#31a354", "#3182bd"];
 const MAX_POINTS = 4000;
 const WAIT_ROWS = 200; // the trainer's waiting share is averaged over this many newest rows
+const STRESS_WARMUP = 1000; // RunConfig's default training.warmup_steps: a stress run's prior-only steps
 
 // State the browser test reads: the selected run and the data each chart holds.
 const dash = (window.falconDashboard = {
@@ -18,13 +20,12 @@ const dash = (window.falconDashboard = {
   streamOpen: false,
   series: emptySeries(),
   charts: {},
+  pending: new Set(), // "action/runId" sent and not yet answered: its button stays disabled
+  unreachable: false,
 });
 
 function emptySeries() {
-  return {
-    steps: [], std_ratio: [], bias: [], waits: [],
-    bufferSteps: [], buffer: Object.fromEntries(LAYERS.map(([s, o]) => [`${s}/${o}`, []])),
-  };
+  return { steps: [], std_ratio: [], bias: [], waits: [], ...Object.fromEntries(LAYERS.map(([key]) => [key, []])) };
 }
 
 const $ = (sel) => document.querySelector(sel);
@@ -39,13 +40,27 @@ function token() {
   return $("#token").value.trim();
 }
 
+class Unreachable extends Error {}
+
+function unreachableMessage() {
+  return `The falcon-lite server at ${location.origin} does not answer: it may be stopped, restarting ` +
+    "or out of reach of this browser. The page retries every 2 s.";
+}
+
 async function api(method, path, body) {
   const headers = { Accept: "application/json" };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (token() && method !== "GET") headers.Authorization = `Bearer ${token()}`;
-  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
+  let response, text;
+  try {
+    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    text = await response.text();
+  } catch (err) {
+    // fetch() rejects only when no answer came (server down, network, CORS): "Failed to fetch".
+    throw new Unreachable(`${method} ${path} got no answer. ${unreachableMessage()}`);
+  }
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (err) { data = null; }
   if (!response.ok) {
     let detail = data && data.detail !== undefined ? data.detail : text;
     if (Array.isArray(detail)) detail = detail.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("; ");
@@ -80,7 +95,14 @@ function renderRuns(page) {
     const cells = [run.id, run.name, run.status, run.step, fmt(d.std_ratio), fmt(bias), run.config.buffer.prior_fraction];
     cells.forEach((value, i) => {
       const td = document.createElement("td");
-      td.textContent = value;
+      if (i === 0) {
+        const link = document.createElement("a");
+        link.href = runHash(run.id);
+        link.textContent = value;
+        td.appendChild(link);
+      } else {
+        td.textContent = value;
+      }
       if (i === 2) { td.className = `status status-${run.status}`; }
       if (i >= 3) td.classList.add("num");
       tr.appendChild(td);
@@ -92,6 +114,10 @@ function renderRuns(page) {
       button.dataset.action = action;
       button.dataset.runId = run.id;
       button.id = `run-${action}-${run.id}`;
+      if (run.status === "stopping" || dash.pending.has(`${action}/${run.id}`)) {
+        button.disabled = true; // a stop is under way: a second click would do nothing
+        button.title = run.status === "stopping" ? "stopping…" : `${action} sent…`;
+      }
       td.appendChild(button);
     }
     tr.appendChild(td);
@@ -102,23 +128,31 @@ function renderRuns(page) {
 
 async function refreshRuns() {
   try {
-    renderRuns(await api("GET", "/runs?limit=100"));
+    const page = await api("GET", "/runs?limit=100");
     const health = await api("GET", "/health");
+    renderRuns(page);
     $("#health").textContent = `${health.status} (${health.database})`;
     $("#health").dataset.state = "ok";
+    if (dash.unreachable) { dash.unreachable = false; showError(""); }
   } catch (err) {
     $("#health").textContent = "unreachable";
     $("#health").dataset.state = "down";
+    if (err instanceof Unreachable) { dash.unreachable = true; showError(unreachableMessage()); }
   }
 }
 
-async function runAction(action, runId) {
+async function runAction(action, runId, button) {
   try {
     showError("");
+    if (button) button.disabled = true;
+    dash.pending.add(`${action}/${runId}`);
     await api("POST", `/runs/${runId}/${action}`);
+    dash.pending.delete(`${action}/${runId}`);
     if (action !== "stop" && runId === dash.runId && !dash.streamOpen) openStream(runId, false);
     await refreshRuns();
   } catch (err) {
+    dash.pending.delete(`${action}/${runId}`);
+    if (button) button.disabled = false;
     showError(err.message);
   }
 }
@@ -148,35 +182,66 @@ function tick(v) {
   return a !== 0 && (a >= 1e4 || a < 1e-2) ? v.toExponential(0) : String(+v.toPrecision(3));
 }
 
-function logChart(target, label, color) {
+// Legends show the newest values while the cursor is off the chart (uPlot blanks them).
+function showLatest(u) {
+  const n = u.data[0].length;
+  if (n && u.cursor.idx == null) u.setLegend({ idx: n - 1 });
+}
+
+const legendHooks = { setData: [showLatest], setCursor: [showLatest] };
+
+function legendValue(u, v) {
+  return fmt(v);
+}
+
+// std_ratio's axis always spans 1 (calibrated), drawn as a dashed line: a log range padded to
+// hold 1 whatever the data.
+function aroundOne(u, min, max) {
+  const lo = Math.min(min ?? 1, 1), hi = Math.max(max ?? 1, 1);
+  return [lo / 1.5, hi * 1.5];
+}
+
+function logChart(target, label, color, reference) {
+  const series = [{ label: "step", value: (u, v) => (v == null ? "–" : String(v)) },
+                  { label, stroke: color, width: 1.5, spanGaps: true, points: { show: false }, value: legendValue }];
+  if (reference) {
+    series.push({ label: reference.label, stroke: "#888", width: 1, dash: [4, 4], points: { show: false },
+                  value: () => String(reference.at) });
+  }
   const opts = {
     width: 440, height: 240,
-    scales: { x: { time: false }, y: { distr: 3, log: 10 } },
-    series: [{ label: "step" }, { label, stroke: color, width: 1.5, spanGaps: true, points: { show: false } }],
+    scales: { x: { time: false }, y: { distr: 3, log: 10, ...(reference ? { range: aroundOne } : {}) } },
+    series,
     axes: [{ label: "step" }, { size: 60, values: (u, vals) => vals.map(tick) }],
     legend: { show: true },
+    hooks: legendHooks,
   };
-  return new uPlot(opts, [[], []], target);
+  return new uPlot(opts, series.map(() => []), target);
 }
 
 function bufferChart(target) {
-  const series = [{ label: "step" }];
-  // Drawn as cumulative sums, largest first, so each fill shows one layer of the stack.
+  const series = [{ label: "step", value: (u, v) => (v == null ? "–" : String(v)) }];
+  // Drawn as cumulative sums, largest first, so each fill shows one layer of the stack; the
+  // legend shows each layer's own count.
   for (let i = LAYERS.length - 1; i >= 0; i--) {
-    const [s, o] = LAYERS[i];
-    series.push({ label: `${s.toLowerCase()} ${o}`, stroke: LAYER_COLORS[i], fill: LAYER_COLORS[i], width: 1,
-                  points: { show: false } });
+    const [key, label] = LAYERS[i];
+    series.push({ label, stroke: LAYER_COLORS[i], fill: LAYER_COLORS[i], width: 1, points: { show: false },
+                  value: (u, v, si, idx) => (idx == null ? "–" : fmtCount(dash.series[key][idx])) });
   }
-  const opts = { width: 440, height: 240, scales: { x: { time: false } }, series,
+  const opts = { width: 440, height: 240, scales: { x: { time: false } }, series, hooks: legendHooks,
                  axes: [{ label: "step" }, { size: 60, values: (u, vals) => vals.map(tick) }] };
   return new uPlot(opts, [[], ...LAYERS.map(() => [])], target);
+}
+
+function fmtCount(v) {
+  return v === null || v === undefined ? "–" : String(Math.round(v));
 }
 
 function makeCharts() {
   for (const id of ["#chart-buffer", "#chart-std-ratio", "#chart-bias"]) $(id).replaceChildren();
   dash.charts = {
     buffer: bufferChart($("#chart-buffer")),
-    std: logChart($("#chart-std-ratio"), "std_ratio", "#27a"),
+    std: logChart($("#chart-std-ratio"), "std_ratio", "#27a", { label: "calibrated", at: 1 }),
     bias: logChart($("#chart-bias"), "|bias|/σ", "#c52"),
   };
 }
@@ -188,21 +253,27 @@ function positive(v) {
 function thin(series) {
   // Keep at most MAX_POINTS per chart by dropping every other point.
   if (series.steps.length > MAX_POINTS) {
-    for (const key of ["steps", "std_ratio", "bias"]) series[key] = series[key].filter((_, i) => i % 2 === 0);
+    for (const key of ["steps", "std_ratio", "bias", ...LAYERS.map(([k]) => k)]) {
+      series[key] = series[key].filter((_, i) => i % 2 === 0);
+    }
   }
 }
 
 function drawCharts() {
   const s = dash.series;
-  dash.charts.std.setData([s.steps, s.std_ratio]);
+  dash.charts.std.setData([s.steps, s.std_ratio, s.steps.map(() => 1)]);
   dash.charts.bias.setData([s.steps, s.bias]);
   const cumulative = [];
-  let running = s.bufferSteps.map(() => 0);
-  for (const [st, o] of LAYERS) {
-    running = running.map((v, i) => v + s.buffer[`${st}/${o}`][i]);
+  let running = s.steps.map(() => 0);
+  for (const [key] of LAYERS) {
+    running = running.map((v, i) => (v === null || s[key][i] === null ? null : v + s[key][i]));
     cumulative.push(running);
   }
-  dash.charts.buffer.setData([s.bufferSteps, ...cumulative.reverse()]);
+  dash.charts.buffer.setData([s.steps, ...cumulative.reverse()]);
+}
+
+function count(v) {
+  return typeof v === "number" ? v : null;
 }
 
 function onDiagnostics(payload) {
@@ -212,15 +283,19 @@ function onDiagnostics(payload) {
     s.steps.push(row.step);
     s.std_ratio.push(positive(row.std_ratio));
     s.bias.push(positive(bias));
+    const trainable = count(row.trainable), prior = count(row.trainable_prior);
+    s.validation.push(count(row.validation));
+    s.trainable_prior.push(prior);
+    s.trainable_proposal.push(trainable === null || prior === null ? null : trainable - prior);
   }
   if (payload.buffer && payload.rows.length) {
     const b = payload.buffer;
-    s.bufferSteps.push(payload.rows[payload.rows.length - 1].step);
-    for (const [st, o] of LAYERS) s.buffer[`${st}/${o}`].push((b.counts[st] || {})[o] || 0);
     const tomb = b.counts.TOMBSTONE || { prior: 0, proposal: 0 };
+    const dis = b.counts.DISFAVOURED || { prior: 0, proposal: 0 };
     const share = b.prior_share_trainable === null ? "–" : b.prior_share_trainable.toFixed(3);
     $("#buffer-summary").textContent = `prior share of the trainable pool ${share} (quota ${b.prior_fraction}); ` +
-      `tombstone ${tomb.prior + tomb.proposal}, purged ${b.purged}, total ever ${b.total}`;
+      `disfavoured ${dis.prior + dis.proposal}, tombstone ${tomb.prior + tomb.proposal}, purged ${b.purged}, ` +
+      `total ever ${b.total}`;
   }
   thin(s);
   // Ray runs: how much of its time the trainer spent waiting for simulations, over the
@@ -258,8 +333,19 @@ function openStream(runId, reset) {
   });
 }
 
+// ---- one run per URL: #/runs/<id> ------------------------------------------------------
+function runHash(runId) {
+  return `#/runs/${runId}`;
+}
+
+function runFromHash() {
+  const m = /^#\/runs\/(\d+)$/.exec(location.hash);
+  return m ? Number(m[1]) : null;
+}
+
 function selectRun(runId) {
   dash.runId = runId;
+  if (location.hash !== runHash(runId)) location.hash = runHash(runId); // hashchange: already shown
   $("#run-detail").hidden = false;
   $("#detail-id").textContent = runId;
   const row = document.getElementById(`run-row-${runId}`);
@@ -267,38 +353,31 @@ function selectRun(runId) {
   document.querySelectorAll("#runs-table tr.selected").forEach((tr) => tr.classList.remove("selected"));
   if (row) row.classList.add("selected");
   openStream(runId, true);
+  // The run may be older than the 100 listed (or not exist): ask for it by id.
+  api("GET", `/runs/${runId}`).then((run) => {
+    if (dash.runId === runId) $("#detail-name").textContent = run.name;
+  }).catch((err) => {
+    if (dash.runId === runId) showError(err.message);
+  });
+}
+
+function closeRun() {
+  if (dash.source) dash.source.close();
+  dash.streamOpen = false;
+  dash.runId = null;
+  $("#run-detail").hidden = true;
+  document.querySelectorAll("#runs-table tr.selected").forEach((tr) => tr.classList.remove("selected"));
+}
+
+function followHash() {
+  const runId = runFromHash();
+  if (runId === null) closeRun();
+  else if (runId !== dash.runId) selectRun(runId);
 }
 
 // ---- stress ---------------------------------------------------------------------------
 function parseValue(text) {
   try { return JSON.parse(text); } catch (err) { return text; }
-}
-
-function markdownTable(md) {
-  // report.md's first pipe table as an HTML table; other lines as paragraphs.
-  const container = document.createElement("div");
-  const lines = md.split("\n");
-  let table = null;
-  for (const line of lines) {
-    if (line.trim().startsWith("|")) {
-      const cells = line.trim().replace(/^\||\|$/g, "").split("|").map((c) => c.trim());
-      if (cells.every((c) => /^:?-+:?$/.test(c))) continue;
-      if (!table) { table = document.createElement("table"); table.id = "stress-table"; container.appendChild(table); }
-      const tr = document.createElement("tr");
-      for (const c of cells) {
-        const cell = document.createElement(table.rows.length ? "td" : "th");
-        cell.textContent = c;
-        tr.appendChild(cell);
-      }
-      table.appendChild(tr);
-    } else if (line.trim()) {
-      table = null;
-      const p = document.createElement(line.startsWith("#") ? "h3" : "p");
-      p.textContent = line.replace(/^#+\s*/, "");
-      container.appendChild(p);
-    }
-  }
-  return container;
 }
 
 async function pollStress(jobId) {
@@ -308,8 +387,14 @@ async function pollStress(jobId) {
     status.dataset.status = job.status;
     status.textContent = `job ${job.id}: ${job.status}` + (job.error ? ` (${job.error})` : "");
     if (job.status === "completed") {
-      $("#stress-report").replaceChildren(markdownTable(job.report));
-      $("#stress-plots").replaceChildren(...job.plots.map((url) => {
+      // report.md names its plots by file name; the page loads them from the job's URLs.
+      const byName = new Map(job.plots.map((url) => [url.split("/").pop(), url]));
+      const report = renderMarkdown(job.report, (src) => byName.get(src) ?? src);
+      const first = report.querySelector("table");
+      if (first) first.id = "stress-table";
+      $("#stress-report").replaceChildren(report);
+      const shown = new Set([...$("#stress-report").querySelectorAll("img")].map((img) => img.getAttribute("src")));
+      $("#stress-plots").replaceChildren(...job.plots.filter((url) => !shown.has(url)).map((url) => {
         const img = document.createElement("img");
         img.src = url;
         img.alt = url.split("/").pop();
@@ -323,6 +408,16 @@ async function pollStress(jobId) {
   }
 }
 
+// A matrix shorter than the warm-up trains on prior samples only: all its rows come out the same.
+function noteWarmup() {
+  const steps = Number($("#stress-steps").value);
+  const note = $("#stress-steps-note");
+  note.dataset.warn = String(steps <= STRESS_WARMUP);
+  note.textContent = steps <= STRESS_WARMUP
+    ? `all ${steps} steps are warm-up (the first ${STRESS_WARMUP} train on prior samples only): every row will be the same`
+    : `the first ${STRESS_WARMUP} steps are warm-up (prior samples only)`;
+}
+
 async function submitStress(event) {
   event.preventDefault();
   const jobId = $("#stress-job").value.trim();
@@ -330,10 +425,11 @@ async function submitStress(event) {
     showError("");
     if (jobId) return pollStress(jobId);
     const values = $("#stress-values").value.split(",").map((v) => parseValue(v.trim()));
+    const steps = Number($("#stress-steps").value);
     const job = await api("POST", "/stress", {
       grid: { [$("#stress-key").value.trim()]: values },
       seeds: Number($("#stress-seeds").value),
-      steps: Number($("#stress-steps").value),
+      steps,
     });
     $("#stress-job").value = job.id;
     pollStress(job.id);
@@ -350,10 +446,15 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#stress-form").addEventListener("submit", submitStress);
   $("#runs-table").addEventListener("click", (event) => {
     const button = event.target.closest("button[data-action]");
-    if (button) return runAction(button.dataset.action, Number(button.dataset.runId));
+    if (button) return runAction(button.dataset.action, Number(button.dataset.runId), button);
+    if (event.target.closest("a")) return; // the id's link: hashchange selects the run
     const row = event.target.closest("tr[data-run-id]");
     if (row) selectRun(Number(row.dataset.runId));
   });
+  $("#stress-steps").addEventListener("input", noteWarmup);
+  noteWarmup();
+  window.addEventListener("hashchange", followHash);
+  followHash();
   refreshRuns();
   setInterval(refreshRuns, 2000);
   document.body.dataset.ready = "true";
