@@ -294,6 +294,19 @@ class RuntimeConfig(Strict):
         default=None,
         description="Fault injection: every Nth call of a simulator actor raises (to test recovery).",
     )
+    simulation_chunk: PositiveInt | None = Field(
+        default=None,
+        description=(
+            "Rows per simulator call. A step's batch is simulated in chunks of this many rows, chunk k "
+            "with its own noise stream (seed, noise, step, k), spread over the simulator actors on Ray and "
+            "one after another inline: the same numbers whichever actor ran which chunk. null: the whole "
+            "batch in one call (the step's own stream)."
+        ),
+    )
+    simulator_delay_ms: float | None = Field(
+        default=None, ge=0, allow_inf_nan=False,
+        description="Bench knob: each call of a simulator actor (Ray) sleeps this many milliseconds per row.",
+    )
 
 
 class RunConfig(Strict):

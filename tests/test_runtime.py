@@ -236,6 +236,63 @@ def test_failing_simulator_batches_are_rejected_and_counted(control):
     assert len(counts) == 54 and set(counts.values()) == {32}
 
 
+def stored_rows(control: RunControl, run_id: int) -> list[tuple]:
+    """(step, theta, x) of every row a run stored, in the order it stored them."""
+    with control.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(
+            sa.select(Sample.step, Sample.theta, Sample.x).where(Sample.run_id == run_id).order_by(Sample.seq))]
+
+
+@only("postgres")
+def test_chunked_batches_are_the_same_inline_and_on_any_pool(control):
+    """runtime.simulation_chunk: a batch of 32 in chunks of 10, 10, 10 and 2 rows, each with
+    its own stream. The inline runtime (chunks one after another) and Ray with 1 or 3
+    simulators (chunks spread over them, joined in order, stored through the writer) store
+    the same rows, bit for bit. All steps are in the warm-up, so that the proposals do not
+    depend on how far training ran when a batch was proposed."""
+    from falcon_lite.engine.inline import run_inline
+
+    chunked = {**KEEP_ALL, "training.warmup_steps": 12, "runtime.simulation_chunk": 10}
+    inline = control.create(config(12, **chunked), start=False)
+    run_inline(control.engine, inline)
+    expected = stored_rows(control, inline)
+    assert [step for step, _, _ in expected] == [s for s in range(12) for _ in range(32)]
+    for pool in (1, 3):
+        run_id = control.create(config(12, **chunked, **{"runtime.simulators": pool}))
+        assert control.wait(run_id, timeout=180) == "completed"
+        assert [row for row in stored_rows(control, run_id) if row[0] < 12] == expected, pool
+    unchunked = control.create(config(12, **KEEP_ALL, **{"training.warmup_steps": 12}), start=False)
+    run_inline(control.engine, unchunked)
+    theirs = stored_rows(control, unchunked)
+    assert [row[:2] for row in theirs] == [row[:2] for row in expected]  # the same parameters;
+    same = [a[2] == b[2] for a, b in zip(theirs, expected)]  # chunk 0's stream is the step's, the others differ
+    assert same == [i % 32 < 10 for i in range(12 * 32)]
+
+
+@only("sqlite")
+def test_a_failing_chunk_is_rejected_alone_and_the_pool_shares_the_chunks(control):
+    """Batches of 32 in chunks of 8 on one simulator failing every 10th call: calls 10, 20, ...
+    (chunk (c - 1) % 4 of batch (c - 1) // 4) lose their 8 rows, the rest of each batch is
+    stored. Then 4 slow simulators share the chunks of a run between them."""
+    failing = {**KEEP_ALL, "runtime.simulation_chunk": 8, "runtime.simulator_fail_every": 10, "runtime.simulators": 1}
+    run_id = control.create(config(60, **failing))
+    assert control.wait(run_id, timeout=180) == "completed"
+    _, step, rejected, _ = run_row(control, run_id)
+    assert (step, rejected) == (60, 24 * 8)
+    hit = {(c - 1) // 4 for c in range(10, 241, 10)}
+    assert per_step_counts(control, run_id) == {b: 24 if b in hit else 32 for b in range(60)}
+
+    import ray
+
+    pool = {**KEEP_ALL, "runtime.simulation_chunk": 8, "runtime.simulators": 4, "runtime.simulator_delay_ms": 2}
+    run_id = control.create(config(400, **pool))
+    wait_step(control, run_id, 40)
+    calls = ray.get(ray.get_actor(supervisor_name(run_id), namespace="falcon-lite").simulator_calls.remote())
+    control.stop(run_id)
+    assert control.wait(run_id, timeout=60) == "stopped"
+    assert min(calls) >= max(calls) / 2 and sum(calls) >= 40 * 4, calls  # each batch split over the pool
+
+
 @only("postgres")
 def test_stop_of_a_pending_run_is_a_no_op(control):
     run_id = control.create(config(10), start=False)

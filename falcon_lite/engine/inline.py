@@ -64,7 +64,8 @@ def run_inline(
                     lock_step=True)
 
     def simulated(wait: bool):
-        return loop.simulate(state.simulator, loop.propose(state, state.next_proposal), state.seed), None
+        proposed = loop.propose(state, state.next_proposal)
+        return loop.simulate(state.simulator, proposed, state.seed, cfg.runtime.simulation_chunk), None
 
     try:
         mirror.sync()

@@ -95,9 +95,36 @@ def propose(state: RunState, step: int) -> Samples:
     return propose_from(state.config, state.prior, step, posterior_for(state, step), state.prior_fraction)
 
 
-def simulate(simulator: Simulator, proposed: Samples, seed: int) -> Samples:
-    """Run the simulator on a step's parameters with that step's noise stream."""
-    return proposed.with_x(simulator(proposed.theta, rng(seed, NOISE, proposed.step)))
+def chunk_count(n: int, chunk: int | None) -> int:
+    """Chunks of a batch of `n` rows simulated `chunk` rows at a time (None: one, the whole batch)."""
+    return 1 if chunk is None else -(-n // chunk)
+
+
+def chunk_rows(proposed: Samples, chunk: int | None, k: int) -> Samples:
+    """Chunk `k` of a proposed batch: rows [k c, (k + 1) c), the last one shorter (None: all rows)."""
+    return proposed if chunk is None else proposed.take(slice(k * chunk, (k + 1) * chunk))
+
+
+def simulate_chunk(simulator: Simulator, proposed: Samples, seed: int, chunk: int | None, k: int) -> Samples:
+    """Simulate chunk `k` of a step's batch with its own noise stream (seed, NOISE, step, k);
+    with `chunk` None the whole batch with the step's stream (seed, NOISE, step), as always.
+    Its numbers depend on (seed, step, k) and its parameters alone, not on where it runs."""
+    rows = chunk_rows(proposed, chunk, k)
+    stream = rng(seed, NOISE, proposed.step) if chunk is None else rng(seed, NOISE, proposed.step, k)
+    return rows.with_x(simulator(rows.theta, stream))
+
+
+def simulate(simulator: Simulator, proposed: Samples, seed: int, chunk: int | None = None) -> Samples:
+    """Run the simulator on a step's parameters: in one call with that step's noise stream, or
+    chunk by chunk (`runtime.simulation_chunk` rows each, with their own streams) one after
+    another: the same rows a pool of simulators gives, each running some of the chunks."""
+    parts = range(chunk_count(len(proposed), chunk))
+    return Samples.concat([simulate_chunk(simulator, proposed, seed, chunk, k) for k in parts])
+
+
+def unsimulated(rows: Samples, x_shape: tuple[int, ...]) -> Samples:
+    """`rows` with non-finite x (a failed simulation): the store rejects and counts them."""
+    return rows.with_x(np.full((len(rows), *x_shape), np.nan))
 
 
 def follow(state: RunState, mirror: Mirror, batch: Samples, delta: Delta) -> Delta:

@@ -3,9 +3,9 @@
 - ProposalSampler: draws a step's parameters (prior share by quota, the rest from the
   tempered posterior it is given). Stateless apart from the config: draws depend on
   (seed, step) only, so a restarted sampler carries on exactly.
-- SimulatorActor: runs the registered simulator on one step's parameters. A simulator that
-  raises or returns non-finite values yields non-finite rows, which the store counts as
-  rejected and never stores: the run goes on.
+- SimulatorActor: runs the registered simulator on one step's parameters, or on one chunk of
+  them (`runtime.simulation_chunk`). A simulator that raises or returns non-finite values
+  yields non-finite rows, which the store counts as rejected and never stores: the run goes on.
 - Writer (where the database has writers of its own, PostgreSQL): stores the simulated
   batches beside the trainer, so that the database's work runs beside training.
 
@@ -21,6 +21,7 @@ as one), where a run would die with the API process. A 2-CPU node still holds ~2
 from __future__ import annotations
 
 import sys
+import time
 
 import numpy as np
 import ray
@@ -33,7 +34,8 @@ from falcon_lite.engine.problem import bind_problem
 from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine
 
-Simulated = tuple[Samples, str]  # a simulated batch and the Ray node that simulated it
+SimulatedChunk = tuple[Samples, str]  # a simulated chunk of a batch and the Ray node that simulated it
+Simulated = tuple[Samples, tuple[str, ...]]  # a simulated batch and the nodes of its chunks ("": a failed call)
 
 
 def one_thread() -> None:
@@ -61,10 +63,13 @@ class SimulatorActor:
         self.config = RunConfig.model_validate(config)
         self.simulator = bind_problem(self.config)
         self.fail_every = self.config.runtime.simulator_fail_every
+        self.delay_s = (self.config.runtime.simulator_delay_ms or 0.0) / 1000
+        self.chunk = self.config.runtime.simulation_chunk
         self.calls = 0
         self.index = index
 
-    def simulate(self, proposed: Samples) -> Simulated:
+    def simulate(self, proposed: Samples, k: int = 0) -> SimulatedChunk:
+        """Chunk `k` of the proposed batch (the whole batch unless `runtime.simulation_chunk`)."""
         self.calls += 1
         if "torch" in sys.modules:  # a registered simulator may have loaded it (microseconds)
             one_thread()
@@ -72,9 +77,15 @@ class SimulatorActor:
         try:
             if self.fail_every and self.calls % self.fail_every == 0:
                 raise RuntimeError(f"injected failure on call {self.calls}")
-            return loop.simulate(self.simulator, proposed, self.config.training.seed), node
-        except Exception:  # the batch is rejected and counted; the run goes on
-            return proposed.with_x(np.full((len(proposed), *self.simulator.x_shape), np.nan)), node
+            if self.delay_s:  # a slow simulator (bench knob): milliseconds per row
+                time.sleep(self.delay_s * len(loop.chunk_rows(proposed, self.chunk, k)))
+            return loop.simulate_chunk(self.simulator, proposed, self.config.training.seed, self.chunk, k), node
+        except Exception:  # the chunk is rejected and counted; the run goes on
+            return loop.unsimulated(loop.chunk_rows(proposed, self.chunk, k), self.simulator.x_shape), node
+
+
+    def calls_run(self) -> int:
+        return self.calls
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0)

@@ -2,8 +2,11 @@
 
 It keeps a bounded number of simulation batches in flight or queued
 (`falcon_lite.engine.driver.batches_wanted`) and hands each to the trainer in the order they
-finish (through the writer where the database has one). Once it has written the run's final
-status it kills its children and itself: a run leaves no process behind.
+finish (through the writer where the database has one). A batch is simulated in chunks
+(`runtime.simulation_chunk`; one chunk when unset), each sent to the least busy simulator
+(`falcon_lite.engine.chunks.ChunkBook` keeps the books); once all its chunks are back they are
+joined in order and the batch goes on as one. Once it has written the run's final status it
+kills its children and itself: a run leaves no process behind.
 """
 
 from __future__ import annotations
@@ -11,26 +14,22 @@ from __future__ import annotations
 import threading
 import time
 
+import numpy as np
 import ray
 
 from falcon_lite.config import RunConfig
+from falcon_lite.core.samples import Samples
+from falcon_lite.engine import loop
+from falcon_lite.engine.chunks import Batch, ChunkBook
 from falcon_lite.engine.driver import batches_wanted
 from falcon_lite.engine.problem import bind_problem
 from falcon_lite.engine.verdict import judge
-from falcon_lite.runtime.actors import ProposalSampler, SimulatorActor, Writer
+from falcon_lite.runtime.actors import ProposalSampler, Simulated, SimulatorActor, Writer
 from falcon_lite.runtime.trainer import Trainer
 from falcon_lite.store import runs
 from falcon_lite.store.db import make_engine, session_factory
 from falcon_lite.store.dialects import dialect_for
 from falcon_lite.store.status import RunStatus
-
-
-def _first_finished(launched: dict):
-    """The earliest launched of the refs in `launched` that are done (ray.wait does not
-    promise to list finished refs in the order they were given)."""
-    finished, _ = ray.wait(list(launched), num_returns=len(launched), timeout=0)
-    finished = set(finished)
-    return next(ref for ref in launched if ref in finished)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=0, max_concurrency=8)
@@ -50,6 +49,8 @@ class Supervisor:
         self.children: list = []
         self.trainer = None
         self.writer = None
+        self.simulators: list = []
+        self.chunk = self.config.runtime.simulation_chunk
 
     def start(self) -> bool:
         if self.thread is None:
@@ -71,6 +72,10 @@ class Supervisor:
     def placement(self) -> dict[str, int]:
         return ray.get(self.trainer.simulations_by_node.remote()) if self.trainer else {}
 
+    def simulator_calls(self) -> list[int]:
+        """Calls each simulator actor has run so far (how the pool shares the chunks)."""
+        return ray.get([simulator.calls_run.remote() for simulator in self.simulators])
+
     def _set_status(self, status: RunStatus, reason: str | None = None) -> None:
         with self.sessions.begin() as session:
             outcome = judge(session, self.run_id) if status.terminal else None
@@ -79,7 +84,8 @@ class Supervisor:
     def _main(self) -> None:
         try:
             self._set_status(RunStatus.RUNNING)
-            bind_problem(self.config)  # a problem this node cannot load fails the run here, with the reason
+            # a problem this node cannot load fails the run here, with the reason
+            self.x_shape = bind_problem(self.config).x_shape
             status = self._pipeline()
             ray.get(self.trainer.checkpoint.remote())
             ray.get(self.trainer.close.remote())
@@ -120,9 +126,9 @@ class Supervisor:
         total = self.config.training.steps
         trained, next_batch, steer = self._trainer_progress()
         done = self.trainer.run.remote(total)
-        simulating: dict = {}  # simulate ref -> the prior fraction its batch was drawn with
-        writing: dict = {}  # append ref -> simulate ref
-        queued = turn = 0
+        book = ChunkBook(len(self.simulators), loop.chunk_count(self.config.buffer.simulations_per_step, self.chunk))
+        writing: dict = {}  # append ref -> the simulated batch it stores
+        queued = 0
         room = None  # the trainer's answer once it takes a queued batch
         while True:
             if self.stopping.is_set():
@@ -130,15 +136,12 @@ class Supervisor:
                 ray.get(done)
                 return RunStatus.STOPPED
             wanted = batches_wanted(self.config, trained)
-            while len(simulating) + len(writing) + queued < wanted:
-                proposed = self.sampler.propose.remote(next_batch, steer)
-                simulator = self.simulators[turn % len(self.simulators)]
-                turn += 1
-                simulating[simulator.simulate.remote(proposed)] = steer[1]
+            while len(book) + len(writing) + queued < wanted:
+                self._launch(book, next_batch, steer)
                 next_batch += 1
-            if room is None and queued and len(simulating) + len(writing) + queued >= wanted:
+            if room is None and queued and len(book) + len(writing) + queued >= wanted:
                 room = self.trainer.room.remote(queued)
-            waits = [done, *simulating, *writing, *([room] if room else [])]
+            waits = [done, *book.outstanding(), *writing, *([room] if room else [])]
             ready, _ = ray.wait(waits, num_returns=1, timeout=1.0)
             try:
                 if not ready:
@@ -150,31 +153,60 @@ class Supervisor:
                 if ref == room:
                     trained, steer, queued = ray.get(room)
                     room = None
-                elif ref in simulating:
-                    ref = _first_finished(simulating)  # in launch order when several are done
-                    fraction = simulating.pop(ref)
-                    if self.writer is None:
-                        trained, steer, queued = ray.get(self.trainer.submit.remote(ref))
-                    else:
-                        writing[self.writer.append.remote(ref, fraction)] = ref
-                else:
+                elif ref in writing:
                     simulated = writing.pop(ref)
                     try:
                         ray.get(ref)
                     except ray.exceptions.RayActorError:
                         continue  # the writer died with it: rolled back, not stored; it restarts
                     trained, steer, queued = ray.get(self.trainer.submit.remote(simulated, ref))
+                else:  # a chunk is back: hand on the batches now whole, in launch order
+                    for batch in self._collect(book):
+                        simulated = self._assembled(batch)
+                        if self.writer is None:
+                            trained, steer, queued = ray.get(self.trainer.submit.remote(simulated))
+                        else:
+                            writing[self.writer.append.remote(simulated, batch.fraction)] = simulated
             except ray.exceptions.RayActorError:
                 # The trainer died and restarted from its last checkpoint (its mirror re-read
                 # from the database holds every batch written): drop the batches simulating
                 # or queued (none of them stored) and go on from what it reports.
                 # Batch numbers only go up: a batch still being written may be newer than
                 # what the restarted trainer found stored, and must not be drawn twice.
-                simulating.clear()
+                book.clear()
                 queued, room = 0, None
                 trained, restart_batch, steer = self._trainer_progress()
                 next_batch = max(next_batch, restart_batch)
                 done = self.trainer.run.remote(total)
+
+    def _launch(self, book: ChunkBook, number: int, steer: tuple) -> None:
+        """Propose batch `number` (one sampler call) and send each of its chunks to the least
+        busy simulator (each takes its rows from the proposal)."""
+        proposed = self.sampler.propose.remote(number, steer)
+        batch = book.open(proposed, steer[1])
+        for k in range(book.per_batch):
+            i = book.pick()
+            book.sent(batch, k, self.simulators[i].simulate.remote(proposed, k), i)
+
+    def _collect(self, book: ChunkBook) -> list[Batch]:
+        """Take in every chunk that is back; the batches now whole, in launch order."""
+        outstanding = book.outstanding()
+        finished, _ = ray.wait(outstanding, num_returns=len(outstanding), timeout=0)
+        for ref in finished:
+            try:
+                book.back(ref, ray.get(ref))
+            except ray.exceptions.RayError:  # the call itself failed (not the simulator: see actors)
+                book.back(ref, None, failed=True)
+        return book.whole()
+
+    def _assembled(self, batch: Batch) -> Simulated:
+        """A whole batch: its chunks' rows in order, and the nodes that simulated them. A chunk
+        whose call failed becomes non-finite rows (rejected and counted), the rest are kept."""
+        if batch.failed:
+            proposed = ray.get(batch.proposed)
+            for k in batch.failed:
+                batch.parts[k] = (loop.unsimulated(loop.chunk_rows(proposed, self.chunk, k), self.x_shape), "")
+        return Samples.concat([rows for rows, _ in batch.parts]), tuple(node for _, node in batch.parts)
 
     def _trainer_progress(self, timeout: float = 120.0):
         deadline = time.monotonic() + timeout

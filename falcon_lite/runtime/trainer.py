@@ -95,7 +95,7 @@ class Trainer:
         """The next batch from the inbox; waits a moment for one if `wait`."""
         started = time.perf_counter()
         try:
-            (batch, node), written = self.inbox.get(timeout=0.1) if wait else self.inbox.get_nowait()
+            (batch, nodes), written = self.inbox.get(timeout=0.1) if wait else self.inbox.get_nowait()
         except queue.Empty:
             return None
         finally:
@@ -103,7 +103,7 @@ class Trainer:
                 self.waited += time.perf_counter() - started
         with self.taken:
             self.taken.notify_all()
-        self.nodes[node] += 1
+        self.nodes.update(node for node in nodes if node)
         self.fresh = True
         return batch, written
 
@@ -137,6 +137,7 @@ class Trainer:
         return self.driver.checkpoint()
 
     def simulations_by_node(self) -> dict[str, int]:
+        """Simulator calls per Ray node: batches, or their chunks where `runtime.simulation_chunk` is set."""
         return dict(self.nodes)
 
     def close(self) -> None:
