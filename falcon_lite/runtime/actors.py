@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import ray
 
 from falcon_lite.config import RunConfig

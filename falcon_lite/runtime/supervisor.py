@@ -14,7 +14,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 import ray
 
 from falcon_lite.config import RunConfig
