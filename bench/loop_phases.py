@@ -41,7 +41,7 @@ def phases(url: str, config: RunConfig) -> tuple[dict[str, float], float]:
     with session_factory(engine).begin() as s:
         run_id = runs.create_run(s, config).id
     state = load_state(engine, run_id)
-    store = SampleStore(engine, run_id, loop.sizes_of(state), state.simulator.dim, config.estimator.dtype,
+    store = SampleStore(engine, run_id, loop.sizes_of(state), state.simulator.dim,
                         group_commit_s=dialect_for(engine).group_commit_s)
     mirror = store.mirror("phases")
     recorder = Recorder(engine, run_id, store=store)

@@ -467,3 +467,14 @@ def test_the_verdict_reads_the_reference_metrics_or_else_the_alarm():
     assert verdict([{"step": 0, "alarm": 0.0}, {"step": 1, "alarm": 1.0}, {"step": 2, "alarm": 0.0}]) == "alarm_raised"
     assert verdict([{"step": 0, "alarm": 0.0}, {"step": 1, "alarm": 0.0}]) == "alarm_quiet"
     assert verdict([{"step": 0, "loss": 1.0}]) is None
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_a_float32_estimator_runs_on_samples_stored_as_simulated(sqlite_url, estimator):
+    """The store keeps theta and x as drawn and simulated (float64); a float32 estimator trains
+    on them (before, its run failed at the first append: 'theta must have dtype float32')."""
+    overrides = {"estimator.name": estimator, "estimator.dtype": "float32"}
+    if estimator == "flow":
+        overrides["estimator.normalize"] = True
+    run_id, rows = _run(sqlite_url, small(**overrides))
+    assert [r["step"] for r in rows] == list(range(60)) and all(r["loss"] is not None for r in rows)

@@ -57,7 +57,7 @@ def run_inline(
     grouped = dialect_for(engine).group_commit_s
     if grouped and GROUP_COMMIT_S is not None:
         grouped = GROUP_COMMIT_S
-    store = SampleStore(engine, run_id, loop.sizes_of(state), state.simulator.dim, cfg.estimator.dtype,
+    store = SampleStore(engine, run_id, loop.sizes_of(state), state.simulator.dim,
                         x_shape=state.simulator.x_shape, group_commit_s=grouped)
     mirror = store.mirror(f"inline-{run_id}", heartbeat_s=HEARTBEAT_S)
     driver = Driver(state, store, mirror, Recorder(engine, run_id, max_seconds=FLUSH_EVERY_S, store=store),

@@ -97,7 +97,7 @@ class Writer:
         problem = bind_problem(config)
         self.engine = make_engine(database_url)
         sizes = loop.sizes_for(config, config.buffer.initial_fraction)
-        store = SampleStore(self.engine, run_id, sizes, problem.dim, config.estimator.dtype, x_shape=problem.x_shape)
+        store = SampleStore(self.engine, run_id, sizes, problem.dim, x_shape=problem.x_shape)
         self.writer = BatchWriter(store, config)
 
     def append(self, simulated: Simulated, fraction: float) -> Delta:

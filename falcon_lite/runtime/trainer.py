@@ -41,7 +41,7 @@ class Trainer:
         self.engine = make_engine(database_url)
         state = load_state(self.engine, run_id)
         store = SampleStore(self.engine, run_id, loop.sizes_of(state), state.simulator.dim,
-                            state.config.estimator.dtype, x_shape=state.simulator.x_shape)
+                            x_shape=state.simulator.x_shape)
         # One reader name per run: a restarted trainer replaces its dead predecessor's
         # registration instead of holding back purges until it times out.
         mirror = store.mirror(f"trainer-{run_id}")

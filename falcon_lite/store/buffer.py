@@ -55,7 +55,8 @@ class SampleStore:
     """One run's sample buffer in the database (see the module doc).
 
     Rows hold theta of ``dim`` values and x of shape ``x_shape`` (default ``(dim,)``), both
-    in ``dtype``. `sizes` may be replaced (``store.sizes = Sizes(...)``); call `rotate`
+    in ``dtype`` (the runtimes store what was drawn and simulated: float64, whatever precision
+    the estimator trains in). `sizes` may be replaced (``store.sizes = Sizes(...)``); call `rotate`
     afterwards.
     """
 
