@@ -21,7 +21,11 @@ The fill is a bulk SQL insert of TOMBSTONE rows (what an unpurged run holds) str
 window; the measured operations are the real code paths. Prints a table and writes it to
 docs/benchmarks.md (section "Buffer").
 
-    .venv/bin/python bench/buffer.py [--rows 1000000] [--reps 60] [--db postgres sqlite]
+    .venv/bin/python bench/buffer.py [--rows 1000000] [--reps 60] [--db postgres sqlite] [--x-size 1]
+
+``--x-size N`` gives each row an x of N floats (theta stays 1 value): the layout is one blob
+per row for theta and one for x, so the live window's queries never read x and a mirror
+loads it only for live rows. Its figures go to a section of their own ("Buffer, x of N floats").
 """
 
 from __future__ import annotations
@@ -79,7 +83,8 @@ BARE_TABLE = Table(
 PG_BARE_UNNEST = text(  # the store's own technique: arrays + one blob per column
     "INSERT INTO bench_bare (run_id, seq, status, origin, step, theta, x, log_q, log_prior, version) "
     "SELECT 1, u.seq, 0, u.origin, 0, substring(CAST(:theta AS BYTEA) FROM CAST(u.i * 8 - 7 AS INTEGER) FOR 8), "
-    "substring(CAST(:x AS BYTEA) FROM CAST(u.i * 8 - 7 AS INTEGER) FOR 8), u.log_q, u.log_prior, 1 "
+    "substring(CAST(:x AS BYTEA) FROM CAST((u.i - 1) * :x_width + 1 AS INTEGER) FOR :x_width), u.log_q, "
+    "u.log_prior, 1 "
     "FROM unnest(CAST(:seq AS BIGINT[]), CAST(:origin AS SMALLINT[]), CAST(:log_q AS FLOAT8[]), "
     "CAST(:log_prior AS FLOAT8[])) WITH ORDINALITY AS u(seq, origin, log_q, log_prior, i)"
 )
@@ -113,20 +118,24 @@ class Database:
             self.admin.dispose()
 
 
+X_SIZE = 1  # floats of x per row (--x-size)
+
+
 def bulk_fill(engine, run_id: int, n: int) -> None:
     """Insert `n` TOMBSTONE rows by bulk SQL, keeping next_seq/appended/version/status_counts right."""
     blob = np.zeros(1).tobytes()
+    x_blob = np.zeros(X_SIZE).tobytes()
     done = 0
     while done < n:
         k = min(FILL_CHUNK, n - done)
         with session_factory(engine).begin() as s:
             run = runs.get_run(s, run_id, for_update=True)
             start, version = run.next_seq, run.version + 1
-            params = {"run_id": run_id, "start": start, "k": k, "blob": blob, "version": version}
+            params = {"run_id": run_id, "start": start, "k": k, "blob": blob, "x_blob": x_blob, "version": version}
             cols = "run_id, seq, status, origin, step, theta, x, log_q, log_prior, version"
             body = (
                 f"SELECT :run_id, :start + g, {int(Status.TOMBSTONE)}, CASE WHEN g % 5 = 0 THEN 0 ELSE 1 END, "
-                "0, :blob, :blob, 0.0, 0.0, :version"
+                "0, :blob, :x_blob, 0.0, 0.0, :version"
             )
             if engine.dialect.name == "postgresql":
                 s.execute(text(f"INSERT INTO samples ({cols}) {body} FROM generate_series(0, :k - 1) AS g"), params)
@@ -151,7 +160,7 @@ def bulk_fill(engine, run_id: int, n: int) -> None:
 def make_batch(rng: np.random.Generator):
     theta = rng.normal(size=(BATCH, 1))
     origin = np.where(rng.random(BATCH) < 0.3, 0, 1)
-    return theta, theta + 1e-6 * rng.normal(size=(BATCH, 1)), origin, rng.normal(size=BATCH), rng.normal(size=BATCH)
+    return theta, theta + 1e-6 * rng.normal(size=(BATCH, X_SIZE)), origin, rng.normal(size=BATCH), rng.normal(size=BATCH)
 
 
 def bare_insert(engine, seq0: int, arrays, mode: str = "core") -> float:
@@ -161,7 +170,8 @@ def bare_insert(engine, seq0: int, arrays, mode: str = "core") -> float:
     t0 = time.perf_counter()
     if mode == "unnest":
         params = {"seq": list(range(seq0, seq0 + BATCH)), "origin": origin.tolist(),
-                  "theta": theta.tobytes(), "x": x.tobytes(), "log_q": log_q.tolist(), "log_prior": log_prior.tolist()}
+                  "theta": theta.tobytes(), "x": x.tobytes(), "x_width": 8 * X_SIZE, "log_q": log_q.tolist(),
+                  "log_prior": log_prior.tolist()}
         with engine.begin() as conn:
             conn.execute(PG_BARE_UNNEST, params)
     elif mode == "driver":
@@ -229,7 +239,7 @@ def bench_database(kind: str, pg_url: str, rows: int, reps: int) -> list[dict]:
             run_id = runs.create_run(s, RunConfig(name="bench", buffer={
                 "validation_size": 256, "min_training": 1024, "max_training": 1024, "prior_fraction": 0.2,
                 "simulations_per_step": 256})).id
-        store = SampleStore(engine, run_id, SIZES, 1)
+        store = SampleStore(engine, run_id, SIZES, 1, x_shape=(X_SIZE,))
         rng = np.random.default_rng(0)
         bare_seq = [0]
         mirror = None
@@ -311,12 +321,13 @@ def verdicts(results: list[dict]) -> list[str]:
 
 
 def write_section(lines: list[str], command: str, path: Path) -> None:
+    title = "## Buffer" if X_SIZE == 1 else f"## Buffer, x of {X_SIZE} floats"
     body = "\n".join([
-        "## Buffer",
+        title,
         "",
         f"`{command}` ({platform.machine()}, {os.cpu_count()} CPUs, machine shared with other work;",
         "PostgreSQL 15 and SQLite (WAL) on the same disk). One run, rolling buffer: validation 256,",
-        "min = max training 1024, f = 0.2, dim 1. Rows = samples stored in the run (the fill is",
+        f"min = max training 1024, f = 0.2, theta of 1 value, x of {X_SIZE}. Rows = samples stored in the run (the fill is",
         "TOMBSTONE rows by bulk SQL, then real appends). Baselines are measured in the same process,",
         "interleaved with the operation.",
         "",
@@ -324,7 +335,7 @@ def write_section(lines: list[str], command: str, path: Path) -> None:
         "",
     ])
     text_ = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Buffer\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     text_ = pattern.sub(body + "\n", text_) if pattern.search(text_) else text_.rstrip("\n") + "\n\n" + body
     path.write_text(text_)
 
@@ -337,7 +348,10 @@ def main() -> None:
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument("--x-size", type=int, default=1, help="floats of x per row (theta stays 1 value)")
     args = parser.parse_args()
+    global X_SIZE
+    X_SIZE = args.x_size
     results = []
     load_before = os.getloadavg()[0]
     for kind in args.db:
@@ -347,6 +361,7 @@ def main() -> None:
     print("\n".join(lines))
     if not args.no_write:
         command = "python bench/buffer.py" + ("" if args.rows == 1_000_000 else f" --rows {args.rows}")
+        command += "" if X_SIZE == 1 else f" --x-size {X_SIZE}"
         write_section(lines, command, args.out)
         print(f"written to {args.out}")
 
