@@ -37,7 +37,7 @@ from services.api.errors import LimitError
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 PLOT_NAME = re.compile(r"^[A-Za-z0-9_.-]+\.png$")
 ACTIVE = ("queued", "running")
-CANCEL_WAIT_S = 15.0  # for the worker to write what finished, then it is killed
+CANCEL_WAIT_S = 60.0  # for the worker to write what finished, then it is killed (15 s ran out on a loaded 2-core machine)
 
 
 @dataclass(frozen=True)
