@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from falcon_lite.config import RunConfig
 from falcon_lite.core.problems import LogUniform, Normal, Parameter, Problem, ProductPrior, Uniform
 from falcon_lite.core.proposal import TemperedProposal
 from falcon_lite.engine.problem import ConfigError, bind_problem, check_config
-from tests.plugins.server import ROOT, TOKEN, live_server, server_db_url  # noqa: F401 (fixtures)
+from tests.plugins.server import ROOT, TOKEN, live_server, ray_server, server_db_url  # noqa: F401 (fixtures)
 
 DOC = ROOT / "docs" / "problems.md"
 
@@ -192,3 +193,36 @@ def test_the_cli_lists_the_problems_as_json_like_the_service():
     listed = {p["name"] for p in json.loads(done.stdout)}
     assert {"gaussian", "exp_noise"} <= listed
     assert TOKEN  # (the server fixtures are shared with the REST tests above)
+
+
+# -- a problem the Ray workers cannot load -------------------------------------------------
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_a_run_whose_problem_its_workers_cannot_load_fails_with_the_reason(ray_server, tmp_path):  # noqa: F811
+    """The service validated the run with the package installed; by the time the run starts on
+    Ray the package is gone (as on a worker where it was never installed): the run fails, at
+    once and saying why, instead of hanging."""
+    files, _ = doc_example()
+    for path, content in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(content)
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation", str(tmp_path / "my-decay")]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    try:
+        with ray_server.client() as client:
+            body = {**json.loads(files["decay-run.json"]), "start": False}
+            made = client.post("/runs", json=body)
+            assert made.status_code == 201, made.text
+            run_id = made.json()["id"]
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-q", "-y", "my-decay"], capture_output=True)
+        plugins.refresh()
+    with ray_server.client() as client:
+        assert client.post(f"/runs/{run_id}/start").status_code == 202
+        deadline = time.monotonic() + 120
+        while (run := client.get(f"/runs/{run_id}").json())["status"] in ("pending", "running"):
+            assert time.monotonic() < deadline, run
+            time.sleep(0.5)
+    assert run["status"] == "failed"
+    assert "unknown problem 'decay'" in run["reason"], run["reason"]
