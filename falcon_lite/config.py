@@ -277,6 +277,9 @@ class TrainingConfig(Strict):
     diagnostics_every: PositiveInt = 1
     checkpoint_every: PositiveInt = 500
     seed: int = 42
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="Where the estimator trains: cuda needs a CUDA device where the trainer runs "
+        "(on Ray the trainer asks for a GPU). Samples, proposals and diagnostics stay on the CPU.")
 
 
 class RuntimeConfig(Strict):

@@ -63,6 +63,7 @@ class Estimator(Protocol):
 
     amortized: ClassVar[bool]
     variance_source: str
+    # (optional) runs_on_cuda: ClassVar[bool] — it can train with training.device = "cuda"
 
     def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean (D,), var (D,)) at one observation."""

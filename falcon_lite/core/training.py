@@ -70,13 +70,19 @@ def iw_weights(log_prior: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
+def device_of(est: torch.nn.Module) -> torch.device:
+    """Where the estimator's parameters live (the CPU, or the GPU of ``training.device``)."""
+    return next(est.parameters()).device
+
+
 def _tensors(est, rows, dtype):
-    theta = torch.as_tensor(rows.theta, dtype=dtype)
-    x = torch.as_tensor(rows.x, dtype=dtype)
+    device = device_of(est)
+    theta = torch.as_tensor(rows.theta, dtype=dtype, device=device)
+    x = torch.as_tensor(rows.x, dtype=dtype, device=device)
     inp, out = est.pair(theta, x)
     w = None
     if est.importance_weighting:
-        w = torch.as_tensor(iw_weights(rows.log_prior, rows.log_q), dtype=dtype)
+        w = torch.as_tensor(iw_weights(rows.log_prior, rows.log_q), dtype=dtype, device=device)
     return inp, out, w
 
 
@@ -100,7 +106,7 @@ def train_step(est, opt: Optimizer, batch, validation=None) -> dict:
     source = "batch"
     proposal_rows = batch.origin == Origin.PROPOSAL if est.variance_source == "proposal" else None
     if proposal_rows is not None and np.count_nonzero(proposal_rows) >= 2:
-        keep = torch.as_tensor(proposal_rows)
+        keep = torch.as_tensor(proposal_rows, device=r.device)
         r, source = r[keep], "proposal"
         if w is not None:
             w = w[keep] / w[keep].sum()
@@ -134,11 +140,12 @@ def weight_stats(w: torch.Tensor, n: int) -> dict:
 
 def density_step(est: DensityEstimator, opt: Optimizer, batch) -> dict:
     """One optimizer step of an estimator with its own loss; returns ``loss``, ``ess``, ``w_max``."""
-    theta = torch.as_tensor(batch.theta, dtype=est.dtype)
-    x = torch.as_tensor(batch.x, dtype=est.dtype).reshape(len(theta), -1)
+    device = device_of(est)
+    theta = torch.as_tensor(batch.theta, dtype=est.dtype, device=device)
+    x = torch.as_tensor(batch.x, dtype=est.dtype, device=device).reshape(len(theta), -1)
     w = None
     if est.importance_weighting:
-        w = torch.as_tensor(iw_weights(batch.log_prior, batch.log_q), dtype=est.dtype)
+        w = torch.as_tensor(iw_weights(batch.log_prior, batch.log_q), dtype=est.dtype, device=device)
     est.observe(theta, x)
     loss = est.loss(theta, x, w)
     clear_grads(opt)

@@ -49,9 +49,14 @@ def run_inline(
 
     The run ends `completed`, `stopped` (checkpointed, resumable) or `failed` (with the reason).
     """
-    state = load_state(engine, run_id)
-    cfg = state.config
     sessions = session_factory(engine)
+    try:
+        state = load_state(engine, run_id)
+    except Exception as exc:  # a state that cannot be built (a device, a problem): the run fails, saying why
+        with sessions.begin() as session:
+            runs.set_status(session, run_id, RunStatus.FAILED, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    cfg = state.config
     with sessions.begin() as session:
         runs.set_status(session, run_id, RunStatus.RUNNING)
     grouped = dialect_for(engine).group_commit_s

@@ -110,6 +110,13 @@ def new_state(config: RunConfig) -> RunState:
     estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator,
                                residual_base=simulator.residual_base, x_shape=simulator.x_shape,
                                embedding_plugin=embedding_plugin(config))
+    device = config.training.device
+    if device != "cpu":
+        if not getattr(type(estimator), "runs_on_cuda", False):
+            raise ValueError(f"estimator {config.estimator.name!r} trains on the CPU only (training.device = 'cpu')")
+        if not torch.cuda.is_available():
+            raise ValueError("training.device = 'cuda', but torch sees no CUDA device where this trainer runs")
+        estimator.to(device)
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
     quota = None
@@ -122,7 +129,7 @@ def new_state(config: RunConfig) -> RunState:
 def restore(config: RunConfig, blob: bytes) -> RunState:
     """A state rebuilt from a checkpoint written by `RunState.to_bytes`."""
     state = new_state(config)
-    saved = torch.load(io.BytesIO(blob), weights_only=True)
+    saved = torch.load(io.BytesIO(blob), weights_only=True, map_location="cpu")  # then into the estimator's device
     state.estimator.load_state_dict(saved["estimator"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.step = state.next_proposal = saved["step"]

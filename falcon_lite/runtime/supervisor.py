@@ -105,7 +105,8 @@ class Supervisor:
 
     def _spawn(self) -> None:
         cfg = self.config.model_dump(mode="json")
-        self.trainer = Trainer.remote(self.run_id, self.database_url)
+        gpus = 1 if self.config.training.device == "cuda" else 0  # the trainer goes where a GPU is
+        self.trainer = Trainer.options(num_gpus=gpus).remote(self.run_id, self.database_url)
         self.sampler = ProposalSampler.remote(cfg)
         self.simulators = [
             SimulatorActor.options(scheduling_strategy="SPREAD").remote(cfg, i)

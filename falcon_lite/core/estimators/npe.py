@@ -26,6 +26,7 @@ class GaussianEMA(nn.Module):
     """
 
     amortized = True  # its posterior at any x is one forward pass
+    runs_on_cuda = True  # training.device = "cuda": every tensor it makes follows its parameters
 
     def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
                  residual_base: str = "identity", x_shape: tuple[int, ...] | None = None, embedding_plugin=None):
@@ -50,14 +51,15 @@ class GaussianEMA(nn.Module):
         return self.embedding(x), theta
 
     def _features(self, x) -> torch.Tensor:
-        return self.embedding(torch.as_tensor(np.asarray(x), dtype=self.head.dtype).reshape(-1, *self.x_shape))
+        x_t = torch.as_tensor(np.asarray(x), dtype=self.head.dtype, device=self.head.log_var.device)
+        return self.embedding(x_t.reshape(-1, *self.x_shape))
 
     @torch.no_grad()
     def posterior_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior means and variances (n, D) at every row of x (n, *x_shape)."""
         x_t = self._features(x)
-        mean = self.head.mean(x_t).to(torch.float64).numpy()
-        var = self.head.variance(x_t).to(torch.float64).numpy()
+        mean = self.head.mean(x_t).to("cpu", torch.float64).numpy()
+        var = self.head.variance(x_t).to("cpu", torch.float64).numpy()
         return mean, np.array(var)
 
     def posterior(self, x_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +69,8 @@ class GaussianEMA(nn.Module):
         """
         with torch.no_grad():
             x_t = self._features(x_obs)
-            mean = self.head.mean(x_t)[0].to(torch.float64)
-            var = self.head.variance(x_t)[0].to(torch.float64)
+            mean = self.head.mean(x_t)[0].to("cpu", torch.float64)
+            var = self.head.variance(x_t)[0].to("cpu", torch.float64)
         return mean.numpy(), var.numpy()
 
     def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
