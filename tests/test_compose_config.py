@@ -167,3 +167,33 @@ def test_no_secret_committed_in_env_example() -> None:
     for secret in SECRETS:
         value = re.search(rf"^{secret}=(.*)$", ENV_EXAMPLE.read_text(), flags=re.M).group(1)
         assert value.startswith("change-me"), f"{secret} in .env.example must be a placeholder"
+
+
+def test_dockerfile_installs_the_plugins_folder_last() -> None:
+    """Users' problem wheels in plugins/ go into the one image (so the API, the Ray head and
+    every worker get the same package), after falcon-lite, under the constraints; by COPY, whose
+    cache key is the content for every builder (old buildah ignores a bind mount's)."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^COPY plugins/ /opt/falcon-lite/plugins/$", text, flags=re.M)
+    install = re.search(r"^RUN set -- plugins/\*\.whl\b.*?(?=^\S)", text, flags=re.M | re.S)
+    assert install, "no RUN that installs plugins/*.whl"
+    step = install.group(0)
+    assert '[ -e "$1" ]' in step  # an empty plugins/ installs nothing (and does not fail)
+    assert "--find-links plugins" in step and "-c constraints.txt" in step
+    assert text.index("-e .") < text.index("COPY plugins/") < text.rindex("USER ")
+
+
+def test_plugins_folder_is_in_the_context_but_its_wheels_are_never_committed() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert not {"plugins", "plugins/", "plugins/*", "*.whl", "**/*.whl"} & ignored
+    rules = (ROOT / "plugins" / ".gitignore").read_text().split()
+    assert rules[rules.index("*"):] == ["*", "!.gitignore", "!README.md"]
+    assert (ROOT / "plugins" / "README.md").is_file()  # the folder exists in a fresh clone
+
+
+def test_ci_prebuild_sends_the_e2e_tests_plugins() -> None:
+    """.ci/run's background build puts the example wheel in plugins/ as the e2e test does, before
+    building, so the test's `up --build` finds its layers cached."""
+    text = (ROOT / ".ci" / "run").read_text()
+    placed = text.index("from tests.test_compose_e2e import place_example_wheel; place_example_wheel()")
+    assert placed < text.index("docker compose --project-name falcon-lite-ci-prebuild build")

@@ -1,7 +1,9 @@
 """`docker compose up`, for real: the deployment that users run, built, started and exercised.
 
-One scenario, step by step, each step logged live: images built from nothing and the stack
-up (`up -d --build --wait`); through the published API port a run is created, trains (steps
+One scenario, step by step, each step logged live: images built from nothing, with the example
+problem package's wheel in plugins/, and the stack up (`up -d --build --wait`); through the
+published API port GET /problems lists the plugin's two_moons, a two_moons run completes on the
+Ray worker and its posterior samples are 2-D; then a run is created, trains (steps
 advance, buffer composition read from PostgreSQL), stops and resumes; `--scale ray-worker=2`
 and its simulations spread over both workers; `restart api` mid-run and the run survives
 (its supervisor lives on Ray); `down` then `up` and the run and its samples are still there
@@ -22,6 +24,8 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +37,20 @@ pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(1200)]
 ROOT = Path(__file__).resolve().parents[1]
 WHEELHOUSES = (Path("/opt/wheels"),)  # local wheels (the CPU torch) copied into ./wheels
 STEP_TIMEOUT = 240.0
+EXAMPLES = ROOT / "examples" / "problems"  # the installable example problems (two_moons, ...)
+PLUGINS = ROOT / "plugins"  # users' problem wheels, installed into the image (plugins/README.md)
+# The wheel's zip timestamps, fixed: the same source gives the same bytes, so .ci/run's
+# background prebuild and this test send the same plugins/ and the build reuses its layers.
+WHEEL_EPOCH = "315532800"  # 1980-01-01, the earliest a zip can hold
+
+# A user's problem package in the deployment: a short two_moons run, to completion.
+PLUGIN_RUN_BODY = {
+    "name": "compose-e2e-two-moons",
+    "problem": {"name": "two_moons"},
+    "buffer": {"simulations_per_step": 16, "min_training": 16, "max_training": 64, "prior_fraction": 0.2},
+    "training": {"steps": 30, "warmup_steps": 10, "batch_size": 16, "checkpoint_every": 10, "seed": 3},
+    "runtime": {"simulators": 1},
+}
 
 # Stop it long before the end: only its movement matters here. Small per-step work so that
 # a 2-core machine keeps up; two simulator actors so that they can spread over two workers.
@@ -54,6 +72,11 @@ placement = control.placement(int(sys.argv[1]))
 nodes = [{"id": n["NodeID"], "alive": n["Alive"], "cpus": n["Resources"].get("CPU", 0.0)} for n in ray.nodes()]
 print("PROBE " + json.dumps({"placement": placement, "nodes": nodes}))
 """
+# Run in each Python role: the problem package from plugins/ that it has installed.
+PLUGIN_PROBE = (
+    "from importlib.metadata import distribution; d = distribution('falcon-lite-examples'); "
+    "print('PLUGIN', d.version, sorted(e.name for e in d.entry_points if e.group == 'falcon_lite.problems'))"
+)
 NODE_ID_PROBE = (
     "import ray; ray.init(address='auto', logging_level='ERROR', include_dashboard=False); "
     "print('NODE ' + ray.get_runtime_context().get_node_id())"
@@ -146,6 +169,28 @@ def _engine(log) -> tuple[list[str], dict[str, str], Path | None]:
     return compose, tool_env, tool
 
 
+def place_example_wheel(log=print) -> Path | None:
+    """Build examples/problems' wheel and put it in plugins/ unless the same bytes are there.
+
+    Returns the wheel's path in plugins/ when this call created it (to remove afterwards), else
+    None. `.ci/run` calls it too, before its background prebuild, so both send one context.
+    """
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "SOURCE_DATE_EPOCH": WHEEL_EPOCH}
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                               str(EXAMPLES), "-w", out], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, f"pip wheel {EXAMPLES} failed:\n{done.stderr[-3000:]}"
+        (built,) = Path(out).glob("*.whl")
+        target = PLUGINS / built.name
+        if target.exists() and target.read_bytes() == built.read_bytes():
+            log(f"plugins: {built.name} already there, unchanged")
+            return None
+        created = not target.exists()
+        shutil.copyfile(built, target)
+        log(f"plugins: built {built.name} from {EXAMPLES.relative_to(ROOT)} into plugins/")
+        return target if created else None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,7 +224,9 @@ class Stack:
 
 class Api:
     def __init__(self, port: int, token: str):
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+        # 120 s: POST /runs answers once the run's supervisor actor runs (a new Ray worker process
+        # that imports torch), which took over 30 s on a loaded 2-core machine
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                                  headers={"Authorization": f"Bearer {token}"})
 
     def get(self, path: str) -> dict:
@@ -236,6 +283,7 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
             if not (ROOT / "wheels" / wheel.name).exists():
                 shutil.copy2(wheel, ROOT / "wheels" / wheel.name)
                 log(f"wheelhouse: copied {wheel.name} into wheels/")
+    placed_wheel = place_example_wheel(log)
 
     token, password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     api_port = _free_port()
@@ -259,6 +307,25 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         states = stack.run("ps", "-a", "--format", "{{.Service}} {{.State}} {{.ExitCode}}").stdout
         assert re.search(r"^migrate exited 0$", states, flags=re.M), states
         log(f"migrate ran once and exited 0; /health answers on port {api_port}")
+
+        # -- the problem package from plugins/: listed by the API, run on the Ray worker ------
+        listed = {p["name"]: p for p in api.get("/problems")["data"]}
+        assert "two_moons" in listed, sorted(listed)
+        assert listed["two_moons"].get("error") is None and len(listed["two_moons"]["parameters"]) == 2, listed
+        t = time.monotonic()
+        moons = api.post("/runs", PLUGIN_RUN_BODY, expect=201)
+        finished = wait_for("the two_moons run to finish", lambda: (r := api.get(f"/runs/{moons['id']}"))["status"]
+                            not in ("pending", "running", "stopping") and r)
+        assert finished["status"] == "completed", finished
+        samples = api.get(f"/runs/{moons['id']}/posterior?n=32")["samples"]
+        assert len(samples) == 32 and all(len(row) == 2 for row in samples), samples[:3]
+        log(f"GET /problems lists two_moons (plugins/); run {moons['id']} completed at step {finished['step']} "
+            f"in {time.monotonic() - t:.0f} s (its actors need CPU: only the worker has any); "
+            f"posterior samples of dimension 2, e.g. {samples[0]}")
+        installed = {name: re.search(r"^PLUGIN (.*)$", stack.python(name, PLUGIN_PROBE), flags=re.M).group(1)
+                     for name in ("api", "ray-head", "ray-worker")}
+        assert len(set(installed.values())) == 1 and "two_moons" in installed["api"], installed
+        log(f"the same package on the api, the Ray head and the worker: {installed['api']}")
 
         # -- a run trains: steps advance, the buffer fills (PostgreSQL) ------------------------
         run = api.post("/runs", RUN_BODY, expect=201)
@@ -340,6 +407,8 @@ def test_compose_deployment_end_to_end(tmp_path: Path, capsys: pytest.CaptureFix
         raise
     finally:
         api.http.close()
+        if placed_wheel is not None:  # leave plugins/ as it was: later builds of this checkout stay plain
+            placed_wheel.unlink(missing_ok=True)
         result = stack.run("down", "-v", "--remove-orphans", timeout=300, check=False)
         log(f"down -v: exit {result.returncode}; total {time.monotonic() - started:.0f} s")
         if engine_tool is not None:  # this test set the engine up: leave no service behind
