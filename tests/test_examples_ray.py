@@ -57,3 +57,14 @@ def test_every_example_runs_on_ray_and_gives_posterior_samples_of_its_shape(api,
     assert len(body["samples"]) == 64 and all(len(row) == dim for row in body["samples"])
     buffer = api.buffer(run["id"])
     assert buffer["total"] > 0
+
+
+def test_posterior_samples_stay_within_a_bounded_prior(api):
+    """two_moons' prior is U(-1, 1)^2: a Gaussian estimate's draws outside it are drawn again."""
+    run = api.create_run({"name": "moons-support", "problem": {"name": "two_moons"}, **BRIEF})
+    deadline = time.monotonic() + 600
+    while api.get_run(run["id"])["status"] in ("pending", "running", "stopping"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    samples = api.posterior(run["id"], n=2000)["samples"]
+    assert len(samples) == 2000 and all(-1 <= v <= 1 for row in samples for v in row)

@@ -248,6 +248,26 @@ def diagnose(state: RunState, step: int, stats: dict, mirror: Mirror) -> dict:
     return row
 
 
+def posterior_draws(state: RunState, n: int, generator, rounds: int = 100) -> np.ndarray:
+    """n draws ``(n, D)`` from the run's estimate at x_obs, within the prior's support where it is
+    bounded (the posterior has no mass outside it): draws outside are drawn again, up to
+    `rounds` times; a posterior that keeps missing the support raises `ValueError`."""
+    draws = state.estimator.sample(state.simulator.x_obs, n, generator)
+    support = state.prior.support
+    if support is None:
+        return draws
+    kept = draws[np.all((draws >= support[0]) & (draws <= support[1]), axis=1)]
+    for _ in range(rounds):
+        if len(kept) >= n:
+            return kept[:n]
+        more = state.estimator.sample(state.simulator.x_obs, n, generator)
+        kept = np.concatenate([kept, more[np.all((more >= support[0]) & (more <= support[1]), axis=1)]])
+    if len(kept) >= n:
+        return kept[:n]
+    raise ValueError(f"the estimate at x_obs puts almost no mass inside the prior's support "
+                     f"({len(kept)} of {n * (rounds + 1)} draws): it cannot be sampled there")
+
+
 def pool_mix(mirror: Mirror) -> dict:
     """The buffer's live composition as the trainer sees it (no query, no copy)."""
     n, n_prior = mirror.trainable_size, mirror.trainable_prior_size

@@ -120,6 +120,7 @@ def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int,
     """
     import torch
 
+    from falcon_lite.engine.loop import posterior_draws
     from falcon_lite.engine.state import restore
 
     with ctx.reading() as session:
@@ -140,8 +141,8 @@ def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int,
         raise LimitError(("query", "n"), f"n = {n} samples of dimension {dim} is {n * dim} numbers, "
                          f"over the limit of {cap} (FALCON_LITE_POSTERIOR_MAX_VALUES): "
                          f"ask for at most {cap // dim}")
-    # the estimator's own sampler: a Gaussian's or a flow's draws alike
-    return step, state.estimator.sample(state.simulator.x_obs, n, torch.Generator().manual_seed(seed))
+    # the estimator's own sampler (a Gaussian's or a flow's draws alike), kept within the prior's support
+    return step, posterior_draws(state, n, torch.Generator().manual_seed(seed))
 
 
 def buffer_of(connection: Connection, run_id: int) -> dict:
