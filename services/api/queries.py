@@ -168,7 +168,13 @@ def reference(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> ReferenceP
         raise NotFoundError(f"run {run_id}'s problem cannot be built here, so it has no reference "
                             f"posterior: {exc}") from None
     _check_cap(ctx, n, bound.dim)
-    found = bound.reference()
+    try:
+        found = bound.reference()
+    except Exception as exc:  # noqa: BLE001 - the problem's own code failed: no reference to show
+        raise NotFoundError(f"problem {bound.name!r} could not compute its reference posterior at run {run_id}'s "
+                            f"observation: {type(exc).__name__}: {exc}") from None
+    if found is not None and not (np.isfinite(found.mean).all() and np.isfinite(found.std).all()):
+        raise NotFoundError(f"problem {bound.name!r}'s reference posterior at run {run_id}'s observation is not finite")
     if found is None:
         raise NotFoundError(f"problem {bound.name!r} has no reference posterior at run {run_id}'s observation "
                             f"({bound.observation or 'the x_obs in its config'}): only the estimate can be shown")
