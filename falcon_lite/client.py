@@ -132,6 +132,9 @@ class Client:
     def posterior(self, run_id: int, n: int = 1000) -> dict:
         return self._call("GET", f"/runs/{run_id}/posterior", params={"n": n})
 
+    def reference(self, run_id: int, n: int = 1000) -> dict:
+        return self._call("GET", f"/runs/{run_id}/reference", params={"n": n})
+
     def events(self, run_id: int, last_event_id: str | None = None,
                timeout: float | None = None) -> Iterator[tuple[str, dict, str | None]]:
         """Yield ``(event, data, id)`` from the run's SSE stream until the server ends it."""

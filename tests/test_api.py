@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import httpx
+import numpy as np
 import pytest
 
 from falcon_lite.client import ApiError, Client
@@ -191,6 +192,50 @@ def test_posterior_without_a_trained_network_is_409_saying_why(api):
     assert f"run {run_id} has no checkpoint of a trained network yet" in err.value.detail
     assert "every 25 training steps" in err.value.detail
 
+
+def test_posterior_names_the_parameters(api, trained_run):
+    assert api.posterior(trained_run, n=3)["parameters"] == ["z0"]  # a v1 config: the gaussian problem
+
+
+# ---- reference (the problem's reference posterior at the run's observation; no Ray) ---------
+def test_reference_of_an_exact_gaussian_draws_from_it(api, trained_run):
+    ref = api.reference(trained_run, n=2000)
+    assert (ref["run_id"], ref["problem"], ref["kind"], ref["n"], ref["dim"]) == (trained_run, "gaussian", "gaussian", 2000, 1)
+    assert ref["parameters"] == ["z0"] and len(ref["samples"]) == 2000
+    draws = np.array(ref["samples"])[:, 0]
+    assert abs(draws.mean() - ref["mean"][0]) < 5 * ref["std"][0] / np.sqrt(2000)
+    assert abs(draws.std() / ref["std"][0] - 1) < 0.1
+    assert api.reference(trained_run, n=5) == api.reference(trained_run, n=5)  # the same draws each time
+
+
+def test_reference_samples_of_a_problem_that_has_them(api):
+    run_id = api.create_run({"name": "moons", "problem": {"name": "two_moons", "observation": "2"}}, start=False)["id"]
+    ref = api.reference(run_id, n=300)
+    assert (ref["kind"], ref["dim"], ref["parameters"]) == ("samples", 2, ["theta1", "theta2"])
+    draws = np.array(ref["samples"])
+    assert draws.shape == (300, 2) and len(np.unique(draws, axis=0)) == 300  # distinct rows of its samples
+    assert np.all(np.abs(draws) <= 1)  # inside the prior's box
+    # (its reference is exact at any x_obs: at observation "2" itself it is the problem's own)
+    from falcon_lite_examples import two_moons
+
+    x_obs = two_moons.make().observations["2"]
+    assert np.allclose(ref["mean"], two_moons.reference(x_obs).mean)
+
+
+def test_reference_is_404_with_the_reason_where_there_is_none(api, db):
+    # two_moons has no posterior where x_obs is impossible under it
+    run_id = api.create_run({"name": "far", "problem": {"name": "two_moons", "x_obs": [5.0, 5.0]}}, start=False)["id"]
+    with pytest.raises(ApiError) as err:
+        api.reference(run_id, n=5)
+    assert err.value.status == 404
+    assert "problem 'two_moons' has no reference posterior" in err.value.detail
+    # a problem that is not installed here (a stored config, made before it was removed)
+    with session_factory(db).begin() as session:
+        gone = store_runs.create_run(session, RunConfig.model_validate({"problem": {"name": "uninstalled"}})).id
+    with pytest.raises(ApiError) as err:
+        api.reference(gone, n=5)
+    assert err.value.status == 404 and "cannot be built here" in err.value.detail
+
 # ---- SSE ------------------------------------------------------------------------------
 def test_events_stream_status_diagnostics_and_resume(api, trained_run):
     seen = list(api.events(trained_run, timeout=60))
@@ -317,7 +362,7 @@ def test_bad_parameters_are_422_naming_them(anon, path, name):
 
 
 @pytest.mark.parametrize("path", ["/runs/987654", "/runs/987654/buffer", "/runs/987654/metrics",
-                                  "/runs/987654/posterior", "/stress/" + "0" * 32])
+                                  "/runs/987654/posterior", "/runs/987654/reference", "/stress/" + "0" * 32])
 def test_unknown_ids_are_404(anon, path):
     response = anon.get(path)
     assert response.status_code == 404

@@ -89,6 +89,12 @@ def test_posterior_is_capped_in_numbers_naming_n(limited, api):
     assert error["loc"] == ["query", "n"] and error["type"] == "limit_exceeded"
     assert "33 numbers" in error["msg"] and "FALCON_LITE_POSTERIOR_MAX_VALUES" in error["msg"]
     assert "at most 10" in error["msg"]
+    assert len(api.reference(run_id, n=10)["samples"]) == 10  # /reference has the same cap
+    with limited.client() as http:
+        response = http.get(f"/runs/{run_id}/reference", params={"n": 11})
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["query", "n"] and "33 numbers" in error["msg"]
 
 
 # ---- POST /stress: caps, cancel, status ------------------------------------------------------------

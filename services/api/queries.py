@@ -12,17 +12,19 @@ from sqlalchemy import Connection, func, select
 from sqlalchemy.orm import Session
 
 from falcon_lite.config import RunConfig
-from falcon_lite.engine.problem import catalogue, check_config
 from falcon_lite.core.policy import Origin, Status
+from falcon_lite.core.problems import ProblemError
+from falcon_lite.engine.problem import bind_problem, catalogue, check_config
+from falcon_lite.plugins import PluginError
 from falcon_lite.store import runs as store_runs
 from falcon_lite.store.composition import compose
-from falcon_lite.store.errors import ConflictError
+from falcon_lite.store.errors import ConflictError, NotFoundError
 from falcon_lite.store.models import Metric, Run, StatusCount
 from falcon_lite.store.status import ACTIVE, LIVE
 from services.api.deps import AppContext
 from services.api.errors import LimitError
 from services.api.metrics import Snapshot
-from services.api.schemas import Accepted, RunPublic
+from services.api.schemas import Accepted, ReferencePublic, RunPublic
 
 
 def parse_names(names: str | None) -> list[str] | None:
@@ -111,9 +113,18 @@ def delete_run(ctx: AppContext, run_id: int) -> None:
         store_runs.delete_run(session, run_id)
 
 
-def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int, np.ndarray]:
-    """``(step, draws)``: n draws, shape (n, dim), from the estimate in the run's newest
-    checkpoint, made at that step. No Ray: the checkpoint is in the database.
+def _check_cap(ctx: AppContext, n: int, dim: int) -> None:
+    """`LimitError` (422 on ``n``) when n draws of dimension dim are over the configured cap."""
+    cap = ctx.settings.posterior_max_values
+    if n * dim > cap:
+        raise LimitError(("query", "n"), f"n = {n} samples of dimension {dim} is {n * dim} numbers, "
+                         f"over the limit of {cap} (FALCON_LITE_POSTERIOR_MAX_VALUES): "
+                         f"ask for at most {cap // dim}")
+
+
+def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int, list[str], np.ndarray]:
+    """``(step, parameter names, draws)``: n draws, shape (n, dim), from the estimate in the
+    run's newest checkpoint, made at that step. No Ray: the checkpoint is in the database.
 
     `ConflictError` (409) before the first checkpoint after a training step: the network
     is still the untrained one it started with. `LimitError` (422) when n x dim is over the configured cap.
@@ -135,14 +146,47 @@ def posterior(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> tuple[int,
         )
     step, blob = saved
     state = restore(RunConfig.model_validate(config), blob)
-    dim = state.simulator.dim
-    cap = ctx.settings.posterior_max_values
-    if n * dim > cap:
-        raise LimitError(("query", "n"), f"n = {n} samples of dimension {dim} is {n * dim} numbers, "
-                         f"over the limit of {cap} (FALCON_LITE_POSTERIOR_MAX_VALUES): "
-                         f"ask for at most {cap // dim}")
+    _check_cap(ctx, n, state.simulator.dim)
     # the estimator's own sampler (a Gaussian's or a flow's draws alike), kept within the prior's support
-    return step, posterior_draws(state, n, torch.Generator().manual_seed(seed))
+    draws = posterior_draws(state, n, torch.Generator().manual_seed(seed))
+    return step, state.simulator.problem.parameter_names, draws
+
+
+def reference(ctx: AppContext, run_id: int, n: int, seed: int = 0) -> ReferencePublic:
+    """n draws (n, dim) from the reference posterior of the run's problem at the run's
+    observation: rows of the reference's own samples where it has some (kind ``samples``:
+    without replacement while n allows), else draws from its exact Gaussian (kind
+    ``gaussian``: independent per parameter, its mean and std).
+
+    `NotFoundError` (404) when the problem has no reference there (or cannot be built in
+    this process); `LimitError` (422) when n x dim is over the cap, as for `posterior`.
+    """
+    with ctx.reading() as session:
+        config = RunConfig.model_validate(store_runs.get_run(session, run_id).config)
+    try:
+        bound = bind_problem(config)
+    except (PluginError, ProblemError, TypeError, ValueError) as exc:
+        raise NotFoundError(f"run {run_id}'s problem cannot be built here, so it has no reference "
+                            f"posterior: {exc}") from None
+    _check_cap(ctx, n, bound.dim)
+    try:
+        found = bound.reference()
+    except Exception as exc:  # noqa: BLE001 - the problem's own code failed: no reference to show
+        raise NotFoundError(f"problem {bound.name!r} could not compute its reference posterior at run {run_id}'s "
+                            f"observation: {type(exc).__name__}: {exc}") from None
+    if found is not None and not (np.isfinite(found.mean).all() and np.isfinite(found.std).all()):
+        raise NotFoundError(f"problem {bound.name!r}'s reference posterior at run {run_id}'s observation is not finite")
+    if found is None:
+        raise NotFoundError(f"problem {bound.name!r} has no reference posterior at run {run_id}'s observation "
+                            f"({bound.observation or 'the x_obs in its config'}): only the estimate can be shown")
+    rng = np.random.default_rng(seed)
+    if found.samples is not None:
+        kind, draws = "samples", found.samples[rng.choice(len(found.samples), size=n, replace=n > len(found.samples))]
+    else:
+        kind, draws = "gaussian", found.mean + found.std * rng.standard_normal((n, bound.dim))
+    return ReferencePublic(run_id=run_id, problem=bound.name, kind=kind, n=n, dim=bound.dim,
+                           parameters=bound.problem.parameter_names, mean=found.mean.tolist(),
+                           std=found.std.tolist(), samples=draws.tolist())
 
 
 def buffer_of(connection: Connection, run_id: int) -> dict:

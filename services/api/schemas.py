@@ -130,6 +130,22 @@ class PosteriorPublic(BaseModel):
     step: int = Field(description="the training step of the checkpoint they come from")
     n: int
     dim: int
+    parameters: list[str] = Field(default_factory=list, description="the parameters' names, in column order")
+    samples: list[list[float]]
+
+
+class ReferencePublic(BaseModel):
+    """Draws from the reference posterior of the run's problem at the run's observation, shape (n, dim)."""
+
+    run_id: int
+    problem: str
+    kind: Literal["samples", "gaussian"] = Field(
+        description="samples: rows of the reference's own samples; gaussian: draws from its exact Gaussian")
+    n: int
+    dim: int
+    parameters: list[str] = Field(description="the parameters' names, in column order")
+    mean: list[float] = Field(description="the reference's mean per parameter")
+    std: list[float] = Field(description="the reference's standard deviation per parameter")
     samples: list[list[float]]
 
 

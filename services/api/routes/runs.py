@@ -1,4 +1,5 @@
-"""Routes under ``/runs``: create, list, show, control, buffer, metrics, events, posterior.
+"""Routes under ``/runs``: create, list, show, control, buffer, metrics, events, posterior,
+reference.
 
 Each route parses, makes one call below, and returns; errors are mapped in `errors.py`.
 """
@@ -16,6 +17,7 @@ from services.api.schemas import (
     Accepted,
     BufferPublic,
     PosteriorPublic,
+    ReferencePublic,
     RunCreate,
     RunPublic,
     RunsPublic,
@@ -110,6 +112,17 @@ def get_posterior(
     n: Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
                                                           "FALCON_LITE_POSTERIOR_MAX_VALUES")] = 1000,
 ) -> PosteriorPublic:
-    step, samples = queries.posterior(ctx, run_id, n)
+    step, names, samples = queries.posterior(ctx, run_id, n)
     return PosteriorPublic(run_id=run_id, step=step, n=samples.shape[0], dim=samples.shape[1],
-                           samples=samples.tolist())
+                           parameters=names, samples=samples.tolist())
+
+
+@router.get("/{run_id}/reference",
+            summary="Samples from the reference posterior at the run's observation (404 without one)")
+def get_reference(
+    run_id: RunId,
+    ctx: CtxDep,
+    n: Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
+                                                          "FALCON_LITE_POSTERIOR_MAX_VALUES")] = 1000,
+) -> ReferencePublic:
+    return queries.reference(ctx, run_id, n)

@@ -1,6 +1,10 @@
 // falcon-lite dashboard: runs list and control, live charts from the SSE stream, stress view.
-// Plain JS on top of the REST API (v1); charts are uPlot (vendor/, MIT).
-"use strict";
+// Plain JS (ES modules) on top of the REST API (v1); charts are uPlot (vendor/, MIT). The
+// new-run form is runform.js, the posterior view posterior.js (its corner plot corner.js).
+
+import { $, Unreachable, api, showError, token, unreachableMessage } from "./api.js";
+import { hidePosterior, posteriorStatus, showPosterior, view as posteriorView } from "./posterior.js";
+import { form as runForm, loadProblems, submitRun, wireRunForm } from "./runform.js";
 
 // The buffer chart stacks the live buffer from the metrics rows (each holds the trainer's view
 // of the pool: `validation`, `trainable`, `trainable_prior`), so it shows the run's history,
@@ -22,51 +26,13 @@ const dash = (window.falconDashboard = {
   charts: {},
   pending: new Set(), // "action/runId" sent and not yet answered: its button stays disabled
   unreachable: false,
+  posterior: posteriorView,
+  form: runForm,
+  stressPolls: 0, // GET /stress/{id} calls made (a job that has ended is not polled again)
 });
 
 function emptySeries() {
   return { steps: [], std_ratio: [], bias: [], waits: [], ...Object.fromEntries(LAYERS.map(([key]) => [key, []])) };
-}
-
-const $ = (sel) => document.querySelector(sel);
-
-function showError(message) {
-  const box = $("#error");
-  box.textContent = message;
-  box.hidden = !message;
-}
-
-function token() {
-  return $("#token").value.trim();
-}
-
-class Unreachable extends Error {}
-
-function unreachableMessage() {
-  return `The falcon-lite server at ${location.origin} does not answer: it may be stopped, restarting ` +
-    "or out of reach of this browser. The page retries every 2 s.";
-}
-
-async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (token() && method !== "GET") headers.Authorization = `Bearer ${token()}`;
-  let response, text;
-  try {
-    response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-    text = await response.text();
-  } catch (err) {
-    // fetch() rejects only when no answer came (server down, network, CORS): "Failed to fetch".
-    throw new Unreachable(`${method} ${path} got no answer. ${unreachableMessage()}`);
-  }
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch (err) { data = null; }
-  if (!response.ok) {
-    let detail = data && data.detail !== undefined ? data.detail : text;
-    if (Array.isArray(detail)) detail = detail.map((e) => `${(e.loc || []).join(".")}: ${e.msg}`).join("; ");
-    throw new Error(`${method} ${path}: ${response.status} ${detail}`);
-  }
-  return data;
 }
 
 // ---- runs list ------------------------------------------------------------------------
@@ -92,7 +58,9 @@ function renderRuns(page) {
     tr.dataset.status = run.status;
     tr.id = `run-row-${run.id}`;
     if (run.id === dash.runId) tr.classList.add("selected");
-    const cells = [run.id, run.name, run.status, run.step, fmt(d.std_ratio), fmt(bias), run.config.buffer.prior_fraction];
+    const fraction = run.config.buffer ? run.config.buffer.prior_fraction : undefined;
+    const cells = [run.id, run.name, run.status, outcomeText(run.outcome), run.step, fmt(d.std_ratio), fmt(bias),
+                   fraction ?? "–"];
     cells.forEach((value, i) => {
       const td = document.createElement("td");
       if (i === 0) {
@@ -104,7 +72,8 @@ function renderRuns(page) {
         td.textContent = value;
       }
       if (i === 2) { td.className = `status status-${run.status}`; }
-      if (i >= 3) td.classList.add("num");
+      if (i === 3) markOutcome(td, run.outcome);
+      if (i >= 4) td.classList.add("num");
       tr.appendChild(td);
     });
     const td = document.createElement("td");
@@ -122,6 +91,7 @@ function renderRuns(page) {
     }
     tr.appendChild(td);
     body.appendChild(tr);
+    if (run.id === dash.runId) { showOutcome(run.outcome); posteriorStatus(run.id, run.status); }
   }
   $("#runs-count").textContent = `${page.data.length} of ${page.count} runs`;
 }
@@ -159,20 +129,37 @@ async function runAction(action, runId, button) {
 
 async function createRun(event) {
   event.preventDefault();
-  const body = {
-    name: $("#new-run-name").value,
-    buffer: { prior_fraction: Number($("#new-run-prior-fraction").value) },
-    training: { steps: Number($("#new-run-steps").value) },
-    start: true,
-  };
-  try {
-    showError("");
-    const run = await api("POST", "/runs", body);
-    await refreshRuns();
-    selectRun(run.id);
-  } catch (err) {
-    showError(err.message);
-  }
+  const run = await submitRun();
+  if (!run) return;
+  await refreshRuns();
+  selectRun(run.id);
+}
+
+// A run's verdict once it ended (GET /runs/{id} `outcome`): against the problem's reference
+// posterior, or from the explosion alarm where there is none.
+const OUTCOMES = {
+  calibrated: "calibrated: the estimate matches the reference posterior",
+  exploded: "exploded: the estimate's width blew up against the reference",
+  miscalibrated: "miscalibrated: the estimate is off the reference posterior",
+  diverged: "diverged: training went non-finite",
+  alarm_raised: "alarm raised: the ground-truth-free explosion alarm fired (no reference to judge by)",
+  alarm_quiet: "alarm quiet: the explosion alarm never fired (no reference to judge by)",
+};
+
+function outcomeText(outcome) {
+  return outcome ? outcome.replace("_", " ") : "–";
+}
+
+function markOutcome(node, outcome) {
+  node.className = `outcome outcome-${outcome || "none"}`;
+  node.dataset.outcome = outcome || "";
+  node.title = outcome ? (OUTCOMES[outcome] || outcome) : "no verdict: the run has not ended";
+}
+
+function showOutcome(outcome) {
+  const node = $("#detail-outcome");
+  node.textContent = outcome ? `verdict: ${outcomeText(outcome)}` : "";
+  markOutcome(node, outcome);
 }
 
 // ---- charts -------------------------------------------------------------------------
@@ -308,9 +295,10 @@ function onDiagnostics(payload) {
   drawCharts();
 }
 
-function setDetailStatus(status) {
-  $("#detail-status").textContent = status;
-  $("#detail-status").dataset.status = status;
+function setDetailStatus(data) {
+  $("#detail-status").textContent = data.status;
+  $("#detail-status").dataset.status = data.status;
+  if (data.outcome !== undefined) showOutcome(data.outcome);
 }
 
 // ---- live stream ----------------------------------------------------------------------
@@ -323,11 +311,21 @@ function openStream(runId, reset) {
   dash.source = source;
   dash.streamOpen = true;
   const track = (e) => { if (e.lastEventId) dash.lastEventId = e.lastEventId; };
-  source.addEventListener("status", (e) => { track(e); setDetailStatus(JSON.parse(e.data).status); });
+  // A stream's first status is the run's current one; those after it may be replayed history,
+  // so the posterior view takes the run's status from that first one, the runs list and `end`.
+  let first = true;
+  source.addEventListener("status", (e) => {
+    track(e);
+    const data = JSON.parse(e.data);
+    setDetailStatus(data);
+    if (first) { first = false; posteriorStatus(runId, data.status); }
+  });
   source.addEventListener("diagnostics", (e) => { track(e); onDiagnostics(JSON.parse(e.data)); });
   source.addEventListener("end", (e) => {
     track(e);
-    setDetailStatus(JSON.parse(e.data).status);
+    const data = JSON.parse(e.data);
+    setDetailStatus(data);
+    posteriorStatus(runId, data.status);
     source.close();
     dash.streamOpen = false;
   });
@@ -352,10 +350,18 @@ function selectRun(runId) {
   $("#detail-name").textContent = row ? row.children[1].textContent : "";
   document.querySelectorAll("#runs-table tr.selected").forEach((tr) => tr.classList.remove("selected"));
   if (row) row.classList.add("selected");
+  showOutcome(null);
+  $("#detail-step").textContent = ""; // not the previous run's
+  $("#buffer-summary").textContent = "";
   openStream(runId, true);
+  showPosterior(runId);
   // The run may be older than the 100 listed (or not exist): ask for it by id.
   api("GET", `/runs/${runId}`).then((run) => {
-    if (dash.runId === runId) $("#detail-name").textContent = run.name;
+    if (dash.runId === runId) {
+      $("#detail-name").textContent = run.name;
+      showOutcome(run.outcome);
+      posteriorStatus(runId, run.status);
+    }
   }).catch((err) => {
     if (dash.runId === runId) showError(err.message);
   });
@@ -365,6 +371,7 @@ function closeRun() {
   if (dash.source) dash.source.close();
   dash.streamOpen = false;
   dash.runId = null;
+  hidePosterior();
   $("#run-detail").hidden = true;
   document.querySelectorAll("#runs-table tr.selected").forEach((tr) => tr.classList.remove("selected"));
 }
@@ -380,29 +387,42 @@ function parseValue(text) {
   try { return JSON.parse(text); } catch (err) { return text; }
 }
 
+const STRESS_ENDED = new Set(["completed", "failed", "cancelled"]);
+
+function renderStressReport(job) {
+  if (!job.report) { $("#stress-report").replaceChildren(); $("#stress-plots").replaceChildren(); return; }
+  // report.md names its plots by file name; the page loads them from the job's URLs.
+  const byName = new Map(job.plots.map((url) => [url.split("/").pop(), url]));
+  const report = renderMarkdown(job.report, (src) => byName.get(src) ?? src);
+  const first = report.querySelector("table");
+  if (first) first.id = "stress-table";
+  $("#stress-report").replaceChildren(report);
+  const shown = new Set([...$("#stress-report").querySelectorAll("img")].map((img) => img.getAttribute("src")));
+  $("#stress-plots").replaceChildren(...job.plots.filter((url) => !shown.has(url)).map((url) => {
+    const img = document.createElement("img");
+    img.src = url;
+    img.alt = url.split("/").pop();
+    return img;
+  }));
+}
+
+// Poll a job until it has ended (completed, failed or cancelled); a cancelled job shows the
+// report of the runs that finished, if any did.
 async function pollStress(jobId) {
   try {
+    dash.stressPolls += 1;
     const job = await api("GET", `/stress/${jobId}`);
     const status = $("#stress-status");
     status.dataset.status = job.status;
-    status.textContent = `job ${job.id}: ${job.status}` + (job.error ? ` (${job.error})` : "");
-    if (job.status === "completed") {
-      // report.md names its plots by file name; the page loads them from the job's URLs.
-      const byName = new Map(job.plots.map((url) => [url.split("/").pop(), url]));
-      const report = renderMarkdown(job.report, (src) => byName.get(src) ?? src);
-      const first = report.querySelector("table");
-      if (first) first.id = "stress-table";
-      $("#stress-report").replaceChildren(report);
-      const shown = new Set([...$("#stress-report").querySelectorAll("img")].map((img) => img.getAttribute("src")));
-      $("#stress-plots").replaceChildren(...job.plots.filter((url) => !shown.has(url)).map((url) => {
-        const img = document.createElement("img");
-        img.src = url;
-        img.alt = url.split("/").pop();
-        return img;
-      }));
-    } else if (job.status !== "failed") {
-      setTimeout(() => pollStress(jobId), 1000);
+    let text = `job ${job.id}: ${job.status}` + (job.error ? ` (${job.error})` : "");
+    if (job.status === "cancelled") {
+      const done = job.progress ? job.progress.done : 0;
+      text += job.report ? ` — the report of the ${done} runs that finished before it:`
+        : " — no run had finished, so there is no report";
     }
+    status.textContent = text;
+    if (job.status === "completed" || job.status === "cancelled") renderStressReport(job);
+    if (!STRESS_ENDED.has(job.status)) setTimeout(() => pollStress(jobId), 1000);
   } catch (err) {
     showError(err.message);
   }
@@ -451,6 +471,8 @@ document.addEventListener("DOMContentLoaded", () => {
     const row = event.target.closest("tr[data-run-id]");
     if (row) selectRun(Number(row.dataset.runId));
   });
+  wireRunForm();
+  loadProblems().catch((err) => showError(`the registered problems could not be listed: ${err.message}`));
   $("#stress-steps").addEventListener("input", noteWarmup);
   noteWarmup();
   window.addEventListener("hashchange", followHash);
