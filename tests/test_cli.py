@@ -38,7 +38,7 @@ def test_run_steps_overrides_the_configs_steps(tmp_path):
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     out = falcon_lite("run", str(config), "--steps", "7", "--quiet", "--database-url", url)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "run 'cli-small': completed at step 7/7" in out.stdout
+    assert "run 'cli-small': completed (miscalibrated) at step 7/7" in out.stdout
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

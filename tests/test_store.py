@@ -7,10 +7,11 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.exc import DBAPIError
 
 from falcon_lite.config import RunConfig
@@ -19,7 +20,7 @@ from falcon_lite.core.samples import InvalidSamples, Samples
 from falcon_lite.store import runs
 from falcon_lite.store.db import MIGRATIONS_DIR, SCHEMA_REVISION, check_schema, make_engine, migrate, session_factory
 from falcon_lite.store.errors import ConflictError, NotFoundError, SchemaError
-from falcon_lite.store.models import Base, Run, Sample
+from falcon_lite.store.models import Base, Checkpoint, Event, Metric, Run, Sample, StatusCount
 from falcon_lite.store.buffer import SampleStore
 
 PRIOR, PROPOSAL = int(Origin.PRIOR), int(Origin.PROPOSAL)
@@ -113,13 +114,17 @@ def test_run_ids_never_come_back_after_an_upgrade_from_0001(raw_db_url):
     engine = make_engine(raw_db_url)
     try:
         factory = session_factory(engine)
-        kept, newest_before = new_run(engine), new_run(engine)
-        with factory.begin() as s:  # (the sample store refuses a schema older than this code's)
-            s.add_all(Sample(run_id=kept, seq=i, status=1, origin=PRIOR, step=0, theta=b"t", x=b"x",
-                             log_q=0.0, log_prior=0.0, version=1) for i in range(8))
-            runs.add_metrics(s, kept, [{"step": 1, "loss": 1.0}])
-            runs.save_checkpoint(s, kept, 1, b"abc")
-            runs.set_status(s, kept, "running")
+        # rows as revision 0001 holds them, written without the ORM (whose Run has later columns)
+        kept, newest_before = _run_at_0001(engine, "running"), _run_at_0001(engine, "pending")
+        with engine.begin() as conn:
+            conn.execute(insert(Sample.__table__), [
+                {"run_id": kept, "seq": i, "status": 1, "origin": PRIOR, "step": 0, "theta": b"t", "x": b"x",
+                 "log_q": 0.0, "log_prior": 0.0, "version": 1} for i in range(8)])
+            conn.execute(insert(Metric.__table__), {"run_id": kept, "step": 1, "values": {"loss": 1.0}})
+            conn.execute(insert(Checkpoint.__table__), {"run_id": kept, "step": 1, "blob": b"abc",
+                                                        "created": datetime.now(timezone.utc)})
+            conn.execute(insert(Event.__table__), {"run_id": kept, "kind": "status", "data": {"status": "running"},
+                                                   "created": datetime.now(timezone.utc)})
         before = {t: _count(engine, t) for t in ("samples", "status_counts", "metrics", "events", "checkpoints")}
         engine.dispose()
 
@@ -151,6 +156,20 @@ def test_run_ids_never_come_back_after_an_upgrade_from_0001(raw_db_url):
         assert new_run(engine) > max(seen)
     finally:
         engine.dispose()
+
+
+def _run_at_0001(engine, status: str) -> int:
+    """A run row and its zeroed counts as revision 0001's schema has them; returns its id."""
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            insert(Run.__table__).values(name="t", status=status, step=0, config=RunConfig(name="t").model_dump(mode="json"),
+                                         created=now, updated=now, next_seq=0, version=0, appended=0, rejected=0,
+                                         purged=0).returning(Run.__table__.c.id)
+        ).scalar_one()
+        conn.execute(insert(StatusCount.__table__), [{"run_id": run_id, "status": st, "origin": o, "n": 0}
+                                                     for st in range(4) for o in range(2)])
+    return run_id
 
 
 def _count(engine, table: str) -> int:

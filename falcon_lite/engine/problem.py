@@ -17,7 +17,6 @@ import numpy as np
 
 from falcon_lite import plugins
 from falcon_lite.config import RunConfig
-from falcon_lite.core import embeddings
 from falcon_lite.core.problems import Problem, ProblemError, Reference
 
 
@@ -93,8 +92,10 @@ def bind_problem(config: RunConfig) -> BoundProblem:
 
 def embedding_plugin(config: RunConfig):
     """The factory of the plugin embedding the config names, or None for a built-in one."""
+    from falcon_lite.core.embeddings import BUILT_IN  # (torch: only where an estimator is made)
+
     name = config.estimator.embedding.name
-    if name in embeddings.BUILT_IN:
+    if name in BUILT_IN:
         return None
     return plugins.factory(plugins.EMBEDDINGS, name)
 

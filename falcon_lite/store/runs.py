@@ -4,9 +4,8 @@ None of these functions commits: the caller owns the transaction (open sessions 
 `falcon_lite.store.db.session_factory`). They raise `NotFoundError` for an unknown run
 and `ConflictError` for an action the run's status forbids.
 
-Run lifecycle (`falcon_lite.store.status`; `set_status` enforces it, and setting the current
-status again is a no-op). Every status change also records an event of kind ``"status"``, with the step
-the run was at.
+Run lifecycle: `falcon_lite.store.status` (`set_status` enforces it; the current status again
+is a no-op). Every status change records an event ``"status"`` with the run's step.
 """
 
 from __future__ import annotations
