@@ -8,14 +8,17 @@ write start without it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
-from falcon_lite.core.protocols import Prior, Simulator
+from falcon_lite.core.protocols import DensityEstimator, Prior, Simulator
+from falcon_lite.core.truncation import TruncatedPrior, hpd_threshold
+from falcon_lite.engine.checks import sample_checks
 from falcon_lite.core.samples import Delta, Samples, finite_rows
 from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from falcon_lite.store.mirror import Mirror
 
 Posterior = tuple[np.ndarray, np.ndarray]  # (mean (D,), var (D,)) at x_obs
+REGION_SEED = 0  # the fixed seed of the draws behind a truncated proposal's threshold
 
 
 class RunDiverged(RuntimeError):
@@ -70,15 +74,60 @@ def posterior_for(state: RunState, step: int) -> Posterior | None:
     return mean, var
 
 
-def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | None, fraction: float) -> Samples:
+@dataclass(frozen=True)
+class Weights:
+    """The estimator's weights after `version` optimizer steps: what steers a truncated proposal
+    (`proposal.method = "truncated"`). `state` is a state dict, or on Ray a reference to one in
+    the object store (the sampler that receives it rebuilds the region from it)."""
+
+    version: int
+    state: Any
+
+
+Steer = Posterior | Weights  # what the trainer hands the proposal sampler (None: the warm-up)
+
+
+def steer_for(state: RunState, step: int) -> Steer | None:
+    """What steers step `step`'s proposal: None during the warm-up; the (mean, var) at x_obs for
+    a Gaussian proposal; the weights themselves for a truncated one (the live state dict: copy
+    it before the next optimizer step if it is to be kept)."""
+    posterior = posterior_for(state, step)  # (also the divergence check)
+    if posterior is None or state.config.proposal.method == "gaussian":
+        return posterior
+    return Weights(state.step, state.estimator.state_dict())
+
+
+def truncated_prior(estimator, config: RunConfig, prior: Prior, x_obs: np.ndarray) -> TruncatedPrior:
+    """The prior restricted to the estimate's HPD region at x_obs (core/truncation.py): a
+    function of the weights (the threshold's draws come from a fixed seed)."""
+    import torch
+
+    if not isinstance(estimator, DensityEstimator):
+        raise ValueError('proposal.method "truncated" needs an estimator with a density (log_prob), e.g. "flow"')
+    x_obs = np.asarray(x_obs, dtype=np.float64).reshape(1, -1)
+    p = config.proposal
+
+    def log_q(theta: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            x = np.repeat(x_obs, len(theta), axis=0)
+            return estimator.log_prob(theta, x).to(torch.float64).numpy()
+
+    draws = estimator.sample(x_obs[0], p.region_draws, torch.Generator().manual_seed(REGION_SEED))
+    return TruncatedPrior(prior, log_q, hpd_threshold(log_q(draws), p.hpd_epsilon))
+
+
+def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | TruncatedPrior | None,
+                 fraction: float) -> Samples:
     """Draw step `step`'s parameters for a run of `config`: the prior share by the quota
-    `fraction`, the rest from N(mean, var * T).
+    `fraction`, the rest from N(mean, var * T) or from the truncated prior given.
 
     A function of (seed, step, posterior, fraction) alone, so a sampler anywhere draws the same numbers.
     """
     n = config.buffer.simulations_per_step
     if posterior is None:
         proposal, n_prior = None, n
+    elif isinstance(posterior, TruncatedPrior):
+        proposal, n_prior = posterior, prior_draws(fraction, n)
     else:
         proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature, prior.support)
         n_prior = prior_draws(fraction, n)
@@ -92,7 +141,10 @@ def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterio
 
 
 def propose(state: RunState, step: int) -> Samples:
-    return propose_from(state.config, state.prior, step, posterior_for(state, step), state.prior_fraction)
+    steer = steer_for(state, step)
+    if isinstance(steer, Weights):  # the estimator holds these weights: no copy to load
+        steer = truncated_prior(state.estimator, state.config, state.prior, state.simulator.x_obs)
+    return propose_from(state.config, state.prior, step, steer, state.prior_fraction)
 
 
 def chunk_count(n: int, chunk: int | None) -> int:
@@ -191,9 +243,11 @@ def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step
     stats = train(state, mirror, step)
     state.step = step + 1
     every = state.config.training.diagnostics_every
-    if step % every == 0 or state.step == state.config.training.steps:
+    sampled = sample_checks(state, mirror, step)
+    if step % every == 0 or state.step == state.config.training.steps or sampled:
         row = diagnose(state, step, stats, mirror)
         row.update(checks or {})
+        row.update(sampled)
         return row
     return None
 

@@ -101,15 +101,20 @@ class RunState:
         return buf.getvalue()
 
 
+def estimator_for(config: RunConfig, simulator: Simulator) -> Estimator:
+    """The run's estimator with its initial weights (they follow the seed)."""
+    generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
+    return make_estimator(config.estimator, simulator.dim, simulator.prior, generator=generator,
+                          residual_base=simulator.residual_base, x_shape=simulator.x_shape,
+                          embedding_plugin=embedding_plugin(config))
+
+
 def new_state(config: RunConfig) -> RunState:
     """Build a run's components from its config; the network's initial weights follow the seed."""
     torch.set_num_threads(1)
     simulator = bind_problem(config)
     prior = simulator.prior
-    generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
-    estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator,
-                               residual_base=simulator.residual_base, x_shape=simulator.x_shape,
-                               embedding_plugin=embedding_plugin(config))
+    estimator = estimator_for(config, simulator)
     optimizer = make_optimizer(estimator, config.training.lr)
     truth = simulator.true_posterior(prior)
     quota = None

@@ -1,8 +1,9 @@
 """The small Ray actors of one run; each hands its work to engine code in a line or two.
 
 - ProposalSampler: draws a step's parameters (prior share by quota, the rest from the
-  tempered posterior it is given). Stateless apart from the config: draws depend on
-  (seed, step) only, so a restarted sampler carries on exactly.
+  tempered posterior it is given, or from the truncated prior of the weights it is given by
+  reference: `proposal.method = "truncated"`; it then loads torch and keeps a copy of the
+  estimator). Draws depend on (seed, step, steer) only, so a restarted sampler carries on exactly.
 - SimulatorActor: runs the registered simulator on one step's parameters, or on one chunk of
   them (`runtime.simulation_chunk`). A simulator that raises or returns non-finite values
   yields non-finite rows, which the store counts as rejected and never stores: the run goes on.
@@ -10,8 +11,9 @@
   batches beside the trainer, so that the database's work runs beside training.
 
 The trainer (`runtime.trainer`) and the supervisor (`runtime.supervisor`) have modules of
-their own. Only the trainer imports torch: the others start in a fraction of the time and
-memory (the engine's modules load it when a training function runs).
+their own. Only the trainer (and a sampler of truncated proposals) imports torch: the others
+start in a fraction of the time and memory (the engine's modules load it when a training
+function runs).
 
 Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
 including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
@@ -48,12 +50,32 @@ def one_thread() -> None:
 class ProposalSampler:
     def __init__(self, config: dict):
         self.config = RunConfig.model_validate(config)
-        self.prior = bind_problem(self.config).prior
+        self.problem = bind_problem(self.config)
+        self.prior = self.problem.prior
+        self.estimator = None  # a truncated proposal's copy of the trainer's estimator (loaded on demand)
+        self.region: tuple[int, object] | None = None  # (weights version, its truncated prior)
 
     def propose(self, step: int, steer: tuple) -> Samples:
-        """`steer`: the trainer's (posterior or None, prior fraction) for this batch."""
-        posterior, fraction = steer
-        return loop.propose_from(self.config, self.prior, step, posterior, fraction)
+        """`steer`: the trainer's (posterior, weights or None, prior fraction) for this batch."""
+        source, fraction = steer
+        if isinstance(source, loop.Weights):
+            source = self._truncated(source)
+        return loop.propose_from(self.config, self.prior, step, source, fraction)
+
+    def _truncated(self, weights: loop.Weights):
+        """The truncated prior of these weights: rebuilt when their version is new (one fetch
+        from the object store and one region per version)."""
+        if self.region is None or self.region[0] != weights.version:
+            from falcon_lite.engine.state import estimator_for
+
+            one_thread()
+            if self.estimator is None:
+                self.estimator = estimator_for(self.config, self.problem)
+            state = ray.get(weights.state) if isinstance(weights.state, ray.ObjectRef) else weights.state
+            self.estimator.load_state_dict(state)
+            region = loop.truncated_prior(self.estimator, self.config, self.prior, self.problem.x_obs)
+            self.region = (weights.version, region)
+        return self.region[1]
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)

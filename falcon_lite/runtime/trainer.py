@@ -11,6 +11,7 @@ re-runs __init__ and so rebuilds the trainer from the last checkpoint in the dat
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import queue
 import threading
@@ -28,7 +29,7 @@ from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine
 from falcon_lite.store.dialects import dialect_for
 
-Progress = tuple[int, int, tuple]  # steps trained, the next batch to simulate, (posterior, prior fraction)
+Progress = tuple[int, int, tuple]  # steps trained, the next batch to simulate, (loop.Steer | None, prior fraction)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0, max_concurrency=4)
@@ -127,7 +128,10 @@ class Trainer:
         just made one) is recomputed when asked, the step count always."""
         state = self.driver.state
         if steer or self.steer is None:
-            self.steer = (loop.posterior_for(state, state.step), state.prior_fraction)
+            source = loop.steer_for(state, state.step)
+            if isinstance(source, loop.Weights):  # a truncated proposal: the weights, once, by reference
+                source = dataclasses.replace(source, state=ray.put(source.state))
+            self.steer = (source, state.prior_fraction)
         return state.step, state.next_proposal, self.steer
 
     def pid(self) -> int:
