@@ -208,6 +208,9 @@ class ProposalConfig(Strict):
     hpd_epsilon: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
         1e-4, description='method = "truncated": the mass of the estimate left outside the region.'
     )
+    region_every: PositiveInt = Field(
+        50, description='method = "truncated": steps between two regions (each from the weights of its step).'
+    )
     region_draws: Annotated[int, Field(ge=100)] = Field(
         10_000, description='method = "truncated": draws from the estimate at x_obs behind the region\'s threshold.'
     )

@@ -14,9 +14,9 @@ from falcon_lite.config import RunConfig, with_overrides
 from falcon_lite.core.policy import Origin
 from falcon_lite.core.problems import Normal, Parameter, ProductPrior, Uniform
 from falcon_lite.core.truncation import TruncatedPrior, hpd_threshold
-from falcon_lite.engine import loop
+from falcon_lite.engine import loop, regions
 from falcon_lite.engine.problem import ConfigError, check_config
-from falcon_lite.engine.state import estimator_for, new_state
+from falcon_lite.engine.state import new_state
 
 torch.set_num_threads(1)
 
@@ -85,18 +85,18 @@ def two_moons(**overrides) -> RunConfig:
 
 
 def test_the_sampler_path_draws_what_the_inline_path_draws():
-    """Inline, propose builds the region from the live estimator; a Ray sampler from a copy it
-    loads from the weights the trainer shipped (loop.Weights): the same rows, bit for bit. The
-    prior share is drawn first from the untruncated prior, the rest inside the region."""
-    config = two_moons()
+    """Inline, propose draws from the region of the weights version in force; a Ray sampler from
+    its own RegionCache, loading the version the trainer shipped (regions.Weights, here a copy
+    of its state dict): the same rows, bit for bit. The prior share is drawn first from the
+    untruncated prior, the rest inside the region. A version is kept for region_every steps."""
+    config = two_moons(**{"proposal.region_every": 2})
     state = new_state(config)
     state.step = 1  # past the warm-up
     inline = loop.propose(state, 1)
     steer = loop.steer_for(state, 1)
-    assert isinstance(steer, loop.Weights) and steer.version == 1
-    copy = estimator_for(config, state.simulator)
-    copy.load_state_dict({k: v.clone() for k, v in steer.state.items()})
-    region = loop.truncated_prior(copy, config, state.prior, state.simulator.x_obs)
+    assert isinstance(steer, regions.Weights) and steer.version == 1
+    sampler = regions.RegionCache(config, state.simulator)
+    region = sampler.region(regions.Weights(1, "ref"), load=lambda ref: {k: v.clone() for k, v in steer.state.items()})
     shipped = loop.propose_from(config, state.prior, 1, region, state.prior_fraction)
     assert np.array_equal(inline.theta, shipped.theta) and np.array_equal(inline.log_q, shipped.log_q)
     proposal = inline.origin == Origin.PROPOSAL
@@ -105,6 +105,12 @@ def test_the_sampler_path_draws_what_the_inline_path_draws():
     assert np.allclose(inline.log_q[proposal], inline.log_prior[proposal] - region.log_mass)
     assert region.log_mass <= 0
     assert np.array_equal(inline.log_q[~proposal], inline.log_prior[~proposal])
+    with torch.no_grad():  # the live weights move on; the version in force stays for region_every steps
+        next(state.estimator.parameters()).add_(0.1)
+    state.step = 2
+    assert loop.steer_for(state, 2) is steer
+    state.step = 3
+    assert loop.steer_for(state, 3).version == 3
 
 
 def test_a_truncated_proposal_needs_an_estimator_with_a_density():
@@ -168,3 +174,34 @@ def test_a_sequential_flow_run_reaches_the_known_posterior(tmp_path):
     assert rows[-1]["step"] == 299
     assert rows[-1]["prior_drawn_share"] < 0.3  # most rows came from the proposal rounds
     assert rows[-1]["c2st"] <= 0.6, rows[-1]
+
+
+def test_a_truncated_run_stops_and_resumes_exactly(tmp_path):
+    """The weights version in force is checkpointed: a run stopped between two regions and
+    resumed draws what it would have drawn (metrics equal to a run never stopped)."""
+    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    url = f"sqlite:///{tmp_path / 'resume.db'}"
+    migrate(url)
+    config = two_moons(**{"training.steps": 24, "training.warmup_steps": 4, "training.checkpoint_every": 5,
+                          "proposal.region_every": 7, "proposal.hpd_epsilon": 0.5})  # a region that bites
+    engine = make_engine(url)
+
+    def run(stop_at=None):
+        with session_factory(engine).begin() as s:
+            run_id = runs.create_run(s, config).id
+        seen = []
+        run_inline(engine, run_id, should_stop=lambda: stop_at is not None and len(seen) >= stop_at,
+                   on_step=lambda step, row: seen.append(step))
+        if stop_at is not None:
+            run_inline(engine, run_id)
+        with session_factory(engine).begin() as s:
+            return runs.metrics_since(s, run_id, limit=None)
+
+    try:
+        straight, resumed = run(), run(stop_at=15)  # version 11 in force at step 15 (taken at 4, 11, 18)
+    finally:
+        engine.dispose()
+    assert [r["step"] for r in straight] == list(range(24)) and resumed == straight

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import numpy as np
 
 MAX_DRAWS = 1_000_000  # prior draws one call may spend before it falls back to the prior itself
-CHUNK = 4096  # prior draws per rejection round, at least
+CHUNK = 1024  # prior draws per rejection round, at least
 
 
 def hpd_threshold(log_q_draws: np.ndarray, eps: float) -> float:

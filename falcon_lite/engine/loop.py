@@ -8,16 +8,17 @@ write start without it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import copy
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
-from falcon_lite.core.protocols import DensityEstimator, Prior, Simulator
-from falcon_lite.core.truncation import TruncatedPrior, hpd_threshold
+from falcon_lite.core.protocols import Prior, Simulator
+from falcon_lite.core.truncation import TruncatedPrior
+from falcon_lite.engine import regions
 from falcon_lite.engine.checks import sample_checks
 from falcon_lite.core.samples import Delta, Samples, finite_rows
 from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from falcon_lite.store.mirror import Mirror
 
 Posterior = tuple[np.ndarray, np.ndarray]  # (mean (D,), var (D,)) at x_obs
-REGION_SEED = 0  # the fixed seed of the draws behind a truncated proposal's threshold
 
 
 class RunDiverged(RuntimeError):
@@ -74,46 +74,20 @@ def posterior_for(state: RunState, step: int) -> Posterior | None:
     return mean, var
 
 
-@dataclass(frozen=True)
-class Weights:
-    """The estimator's weights after `version` optimizer steps: what steers a truncated proposal
-    (`proposal.method = "truncated"`). `state` is a state dict, or on Ray a reference to one in
-    the object store (the sampler that receives it rebuilds the region from it)."""
-
-    version: int
-    state: Any
-
-
-Steer = Posterior | Weights  # what the trainer hands the proposal sampler (None: the warm-up)
+Steer = Posterior | regions.Weights  # what steers a batch's proposal (None: the warm-up)
 
 
 def steer_for(state: RunState, step: int) -> Steer | None:
-    """What steers step `step`'s proposal: None during the warm-up; the (mean, var) at x_obs for
-    a Gaussian proposal; the weights themselves for a truncated one (the live state dict: copy
-    it before the next optimizer step if it is to be kept)."""
+    """What steers step `step`'s proposal: None during the warm-up; the (mean, var) at x_obs
+    for a Gaussian proposal; for a truncated one the weights version in force (a copy, taken
+    afresh once `proposal.region_every` steps have passed since the last: engine/regions.py)."""
     posterior = posterior_for(state, step)  # (also the divergence check)
     if posterior is None or state.config.proposal.method == "gaussian":
         return posterior
-    return Weights(state.step, state.estimator.state_dict())
-
-
-def truncated_prior(estimator, config: RunConfig, prior: Prior, x_obs: np.ndarray) -> TruncatedPrior:
-    """The prior restricted to the estimate's HPD region at x_obs (core/truncation.py): a
-    function of the weights (the threshold's draws come from a fixed seed)."""
-    import torch
-
-    if not isinstance(estimator, DensityEstimator):
-        raise ValueError('proposal.method "truncated" needs an estimator with a density (log_prob), e.g. "flow"')
-    x_obs = np.asarray(x_obs, dtype=np.float64).reshape(1, -1)
-    p = config.proposal
-
-    def log_q(theta: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            x = np.repeat(x_obs, len(theta), axis=0)
-            return estimator.log_prob(theta, x).to(torch.float64).numpy()
-
-    draws = estimator.sample(x_obs[0], p.region_draws, torch.Generator().manual_seed(REGION_SEED))
-    return TruncatedPrior(prior, log_q, hpd_threshold(log_q(draws), p.hpd_epsilon))
+    held = state.steer_weights
+    if held is None or state.step - held.version >= state.config.proposal.region_every:
+        held = state.steer_weights = regions.Weights(state.step, copy.deepcopy(state.estimator.state_dict()))
+    return held
 
 
 def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | TruncatedPrior | None,
@@ -142,8 +116,8 @@ def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterio
 
 def propose(state: RunState, step: int) -> Samples:
     steer = steer_for(state, step)
-    if isinstance(steer, Weights):  # the estimator holds these weights: no copy to load
-        steer = truncated_prior(state.estimator, state.config, state.prior, state.simulator.x_obs)
+    if isinstance(steer, regions.Weights):  # the run's own RegionCache, as a Ray sampler has one
+        steer = state.regions.region(steer)
     return propose_from(state.config, state.prior, step, steer, state.prior_fraction)
 
 

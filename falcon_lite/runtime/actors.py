@@ -29,7 +29,7 @@ import ray
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.samples import Delta, Samples
-from falcon_lite.engine import loop
+from falcon_lite.engine import loop, regions
 from falcon_lite.engine.driver import BatchWriter
 from falcon_lite.engine.problem import bind_problem
 from falcon_lite.store.buffer import SampleStore
@@ -52,30 +52,17 @@ class ProposalSampler:
         self.config = RunConfig.model_validate(config)
         self.problem = bind_problem(self.config)
         self.prior = self.problem.prior
-        self.estimator = None  # a truncated proposal's copy of the trainer's estimator (loaded on demand)
-        self.region: tuple[int, object] | None = None  # (weights version, its truncated prior)
+        self.regions = None  # a truncated proposal's regions (engine/regions.py), made on demand
 
     def propose(self, step: int, steer: tuple) -> Samples:
-        """`steer`: the trainer's (posterior, weights or None, prior fraction) for this batch."""
+        """`steer`: the trainer's (posterior, weights version or None, prior fraction) for this batch."""
         source, fraction = steer
-        if isinstance(source, loop.Weights):
-            source = self._truncated(source)
+        if isinstance(source, regions.Weights):  # a new version is fetched and loaded once
+            if self.regions is None:
+                one_thread()
+                self.regions = regions.RegionCache(self.config, self.problem)
+            source = self.regions.region(source, load=ray.get)
         return loop.propose_from(self.config, self.prior, step, source, fraction)
-
-    def _truncated(self, weights: loop.Weights):
-        """The truncated prior of these weights: rebuilt when their version is new (one fetch
-        from the object store and one region per version)."""
-        if self.region is None or self.region[0] != weights.version:
-            from falcon_lite.engine.state import estimator_for
-
-            one_thread()
-            if self.estimator is None:
-                self.estimator = estimator_for(self.config, self.problem)
-            state = ray.get(weights.state) if isinstance(weights.state, ray.ObjectRef) else weights.state
-            self.estimator.load_state_dict(state)
-            region = loop.truncated_prior(self.estimator, self.config, self.prior, self.problem.x_obs)
-            self.region = (weights.version, region)
-        return self.region[1]
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)

@@ -20,7 +20,7 @@ import time
 import ray
 
 from falcon_lite.core.samples import Delta
-from falcon_lite.engine import loop
+from falcon_lite.engine import loop, regions
 from falcon_lite.engine.driver import Arrival, Driver
 from falcon_lite.engine.recorder import Recorder
 from falcon_lite.engine.resume import load_state
@@ -59,6 +59,7 @@ class Trainer:
         self.waited = 0.0  # seconds the training thread waited for a batch since the last metrics row
         self.since = time.perf_counter()  # when that interval began
         self.steer = None
+        self.shipped: regions.Weights | None = None  # the newest weights version put into the object store
         self.published = self._snapshot(steer=True)
 
     def progress(self) -> Progress:
@@ -128,11 +129,17 @@ class Trainer:
         just made one) is recomputed when asked, the step count always."""
         state = self.driver.state
         if steer or self.steer is None:
-            source = loop.steer_for(state, state.step)
-            if isinstance(source, loop.Weights):  # a truncated proposal: the weights, once, by reference
-                source = dataclasses.replace(source, state=ray.put(source.state))
+            source = loop.posterior_for(state, state.step)
+            if state.config.proposal.method == "truncated" and source is not None:
+                source = self._weights(loop.steer_for(state, state.step))
             self.steer = (source, state.prior_fraction)
         return state.step, state.next_proposal, self.steer
+
+    def _weights(self, weights: regions.Weights) -> regions.Weights:
+        """A truncated proposal's weights version, put into the object store once per version."""
+        if self.shipped is None or self.shipped.version != weights.version:
+            self.shipped = dataclasses.replace(weights, state=ray.put(weights.state))
+        return self.shipped
 
     def pid(self) -> int:
         return os.getpid()
