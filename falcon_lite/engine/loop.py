@@ -17,10 +17,10 @@ from falcon_lite.core import alarm, diagnostics
 from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
 from falcon_lite.core.protocols import Prior, Simulator
+from falcon_lite.core.samples import Delta, Samples, finite_rows
 from falcon_lite.core.truncation import TruncatedPrior
 from falcon_lite.engine import regions
 from falcon_lite.engine.checks import sample_checks
-from falcon_lite.core.samples import Delta, Samples, finite_rows
 from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
 
 if TYPE_CHECKING:

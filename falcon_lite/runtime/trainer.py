@@ -129,9 +129,9 @@ class Trainer:
         just made one) is recomputed when asked, the step count always."""
         state = self.driver.state
         if steer or self.steer is None:
-            source = loop.posterior_for(state, state.step)
-            if state.config.proposal.method == "truncated" and source is not None:
-                source = self._weights(loop.steer_for(state, state.step))
+            source = loop.steer_for(state, state.step)
+            if isinstance(source, regions.Weights):  # a truncated proposal: by reference, once per version
+                source = self._weights(source)
             self.steer = (source, state.prior_fraction)
         return state.step, state.next_proposal, self.steer
 
