@@ -197,11 +197,33 @@ class EstimatorConfig(Strict):
 
 
 class ProposalConfig(Strict):
+    method: Literal["gaussian", "truncated"] = Field(
+        "gaussian",
+        description='How proposal rows are drawn. "gaussian": N(mean, var * temperature) of the estimate at x_obs '
+        '(the seed\'s). "truncated": the prior restricted to the highest-density region of the estimate at x_obs '
+        "holding 1 - hpd_epsilon of its mass (TSNPE; needs an estimator with a density, e.g. the flow; "
+        "docs/flows.md).",
+    )
     temperature: PositiveFloat = 2.0
+    hpd_epsilon: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
+        1e-4, description='method = "truncated": the mass of the estimate left outside the region.'
+    )
+    region_every: PositiveInt = Field(
+        50, description='method = "truncated": steps between two regions (each from the weights of its step).'
+    )
+    region_draws: Annotated[int, Field(ge=100)] = Field(
+        10_000, description='method = "truncated": draws from the estimate at x_obs behind the region\'s threshold.'
+    )
     discard_log_ratio: Annotated[float, Field(allow_inf_nan=False)] | None = Field(
         default=None,
         description="Mark proposal samples DISFAVOURED when log q_now - log q_drawn falls below this.",
     )
+
+    @model_validator(mode="after")
+    def _discard_is_gaussian(self) -> ProposalConfig:
+        if self.method == "truncated" and self.discard_log_ratio is not None:
+            raise ValueError('discard_log_ratio compares Gaussian proposals: it does not apply to method "truncated"')
+        return self
 
 
 Fraction = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -275,6 +297,16 @@ class TrainingConfig(Strict):
     warmup_steps: NonNegInt = 1000
     lr_after_warmup: PositiveFloat = 1e-3
     diagnostics_every: PositiveInt = 1
+    c2st_every: PositiveInt | None = Field(
+        default=None,
+        description="Steps between C2STs of the estimate at x_obs against the problem's reference samples (and at "
+        "the last step); null: never. Seconds each (a classifier is trained).",
+    )
+    coverage_every: PositiveInt | None = Field(
+        default=None,
+        description="Steps between expected-coverage checks (TARP; HPD for an estimator with a density) on the "
+        "VALIDATION rows, with per-parameter marginals at x_obs (and at the last step); null: never.",
+    )
     checkpoint_every: PositiveInt = 500
     seed: int = 42
     device: Literal["cpu", "cuda"] = Field(

@@ -68,3 +68,25 @@ def test_posterior_samples_stay_within_a_bounded_prior(api):
         time.sleep(0.5)
     samples = api.posterior(run["id"], n=2000)["samples"]
     assert len(samples) == 2000 and all(-1 <= v <= 1 for row in samples for v in row)
+
+
+def test_a_truncated_flow_proposal_runs_on_ray_with_its_checks_over_rest(api):
+    """proposal.method "truncated" on Ray (the trainer ships weights versions, the sampler draws
+    from their regions) completes, and the sample-based checks (c2st, TARP, HPD, marginals) come
+    back in GET /metrics rows at their cadence and at the last step."""
+    config = {"name": "truncated-on-ray", "problem": {"name": "two_moons"},
+              "estimator": {"name": "flow", "hidden": [16, 16], "normalize": True},
+              "proposal": {"method": "truncated", "region_every": 5, "region_draws": 1000, "hpd_epsilon": 0.3},
+              **BRIEF, "buffer": {**BRIEF["buffer"], "validation_size": 16},
+              "training": {**BRIEF["training"], "c2st_every": 15, "coverage_every": 15}}
+    run = api.create_run(config)
+    deadline = time.monotonic() + 600
+    while (status := api.get_run(run["id"])["status"]) in ("pending", "running", "stopping"):
+        assert time.monotonic() < deadline, f"still {status}"
+        time.sleep(0.5)
+    assert status == "completed", api.get_run(run["id"]).get("reason")
+    rows = api.metrics(run["id"], names=["c2st", "tarp_error", "hpd_error", "marginal_q50_0"])
+    checked = [r for r in rows if r.get("c2st") is not None]
+    assert [r["step"] for r in checked] == [0, 15, 29]
+    assert all(r["tarp_error"] is not None and r["hpd_error"] is not None and r["marginal_q50_0"] is not None
+               for r in checked)

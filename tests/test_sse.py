@@ -87,3 +87,17 @@ def test_a_new_connection_replays_a_bounded_tail_of_events(api, sessions, live_s
     middle = next(eid for kind, data, eid in seen if kind == "regime")
     resumed = list(api.events(run_id, last_event_id=middle, timeout=60))
     assert [d["step"] for k, d, _ in resumed if k == "regime"] == regimes[1:]
+
+
+def test_thinning_keeps_every_row_of_a_sparse_check():
+    """A replay of many rows is thinned evenly, but a row holding a check taken at its own
+    cadence (c2st, TARP: engine/checks.py) always goes out, and so does the last row."""
+    from services.api.sse import _thin
+
+    rows = [{"step": s, "loss": 0.0} for s in range(1000)]
+    rows[333]["c2st"] = 0.55
+    rows[777]["tarp_error"] = 0.1
+    thinned = _thin(rows, 10)
+    steps = [r["step"] for r in thinned]
+    assert steps == sorted(steps) and len(steps) == 12
+    assert {333, 777, 999} <= set(steps)

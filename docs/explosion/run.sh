@@ -11,3 +11,6 @@ $fl stress --grid estimator.normalize=true --grid buffer.prior_fraction=0,0.2 --
 $fl stress --base docs/explosion/rolling.json --grid buffer.prior_fraction=0,0.2 --seeds 3 --steps 10000 --workers $W --out docs/explosion/rolling
 $fl stress --grid estimator.importance_weighting=true --grid proposal.temperature=10,20 --seeds 3 --steps 10000 --workers $W --out docs/explosion/gamma
 $fl stress --grid training.lr_after_warmup=1e-4,1e-5 --seeds 5 --steps 10000 --workers $W --out docs/explosion/lr
+# 9. the flow (issue 17 item 6): 2 seeds x 3000 steps (CPU was scarce)
+$fl stress --base docs/explosion/flow-base.json --grid estimator.normalize=false,true --seeds 2 --steps 3000 --workers $W --out docs/explosion/flow-quota-0
+$fl stress --base docs/explosion/flow-normalized.json --grid buffer.prior_fraction=0.2,adaptive --seeds 2 --steps 3000 --workers $W --out docs/explosion/flow-policies

@@ -8,6 +8,7 @@ write start without it.
 
 from __future__ import annotations
 
+import copy
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +18,9 @@ from falcon_lite.core.policy import Origin, Sizes, prior_draws
 from falcon_lite.core.proposal import TemperedProposal, disfavour_mask, draw_parameters
 from falcon_lite.core.protocols import Prior, Simulator
 from falcon_lite.core.samples import Delta, Samples, finite_rows
+from falcon_lite.core.truncation import TruncatedPrior
+from falcon_lite.engine import regions
+from falcon_lite.engine.checks import sample_checks
 from falcon_lite.engine.streams import BATCH, NOISE, PRIOR, PROPOSAL, rng
 
 if TYPE_CHECKING:
@@ -70,15 +74,34 @@ def posterior_for(state: RunState, step: int) -> Posterior | None:
     return mean, var
 
 
-def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | None, fraction: float) -> Samples:
+Steer = Posterior | regions.Weights  # what steers a batch's proposal (None: the warm-up)
+
+
+def steer_for(state: RunState, step: int) -> Steer | None:
+    """What steers step `step`'s proposal: None during the warm-up; the (mean, var) at x_obs
+    for a Gaussian proposal; for a truncated one the weights version in force (a copy, taken
+    afresh once `proposal.region_every` steps have passed since the last: engine/regions.py)."""
+    posterior = posterior_for(state, step)  # (also the divergence check)
+    if posterior is None or state.config.proposal.method == "gaussian":
+        return posterior
+    held = state.steer_weights
+    if held is None or state.step - held.version >= state.config.proposal.region_every:
+        held = state.steer_weights = regions.Weights(state.step, copy.deepcopy(state.estimator.state_dict()))
+    return held
+
+
+def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterior | TruncatedPrior | None,
+                 fraction: float) -> Samples:
     """Draw step `step`'s parameters for a run of `config`: the prior share by the quota
-    `fraction`, the rest from N(mean, var * T).
+    `fraction`, the rest from N(mean, var * T) or from the truncated prior given.
 
     A function of (seed, step, posterior, fraction) alone, so a sampler anywhere draws the same numbers.
     """
     n = config.buffer.simulations_per_step
     if posterior is None:
         proposal, n_prior = None, n
+    elif isinstance(posterior, TruncatedPrior):
+        proposal, n_prior = posterior, prior_draws(fraction, n)
     else:
         proposal = TemperedProposal(posterior[0], posterior[1], config.proposal.temperature, prior.support)
         n_prior = prior_draws(fraction, n)
@@ -92,7 +115,10 @@ def propose_from(config: RunConfig, prior: Prior, step: int, posterior: Posterio
 
 
 def propose(state: RunState, step: int) -> Samples:
-    return propose_from(state.config, state.prior, step, posterior_for(state, step), state.prior_fraction)
+    steer = steer_for(state, step)
+    if isinstance(steer, regions.Weights):  # the run's own RegionCache, as a Ray sampler has one
+        steer = state.regions.region(steer)
+    return propose_from(state.config, state.prior, step, steer, state.prior_fraction)
 
 
 def chunk_count(n: int, chunk: int | None) -> int:
@@ -191,9 +217,11 @@ def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step
     stats = train(state, mirror, step)
     state.step = step + 1
     every = state.config.training.diagnostics_every
-    if step % every == 0 or state.step == state.config.training.steps:
+    sampled = sample_checks(state, mirror, step)
+    if step % every == 0 or state.step == state.config.training.steps or sampled:
         row = diagnose(state, step, stats, mirror)
         row.update(checks or {})
+        row.update(sampled)
         return row
     return None
 

@@ -18,6 +18,7 @@ import numpy as np
 from falcon_lite import plugins
 from falcon_lite.config import RunConfig
 from falcon_lite.core.problems import Problem, ProblemError, Reference
+from falcon_lite.core.protocols import DensityEstimator
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,15 @@ def check_config(config: RunConfig) -> BoundProblem:
         raise ConfigError((section, "params"), f"{config.problem_spec().name!r}: {exc}") from None
     try:
         plugin = embedding_plugin(config)
-        make_estimator(config.estimator, bound.dim, bound.prior, residual_base=bound.residual_base,
-                       x_shape=bound.x_shape, embedding_plugin=plugin)
+        estimator = make_estimator(config.estimator, bound.dim, bound.prior, residual_base=bound.residual_base,
+                                   x_shape=bound.x_shape, embedding_plugin=plugin)
     except plugins.PluginError as exc:
         raise ConfigError(("estimator", "embedding", "name"), str(exc)) from None
     except ValueError as exc:
         raise ConfigError(("estimator",), str(exc)) from None
+    if config.proposal.method == "truncated" and not isinstance(estimator, DensityEstimator):
+        raise ConfigError(("proposal", "method"), 'method "truncated" needs an estimator with a density '
+                          f'(log_prob), e.g. "flow"; {config.estimator.name!r} has none')
     return bound
 
 

@@ -40,6 +40,8 @@ def table(results: list[dict], series: list[dict]) -> str:
     head = ["grid point", "seeds", *OUTCOMES, "median final std_ratio", "median final abs bias/sigma",
             "median converged step", "median explosion step", "alarm fired", "alarm before explosion",
             "median alarm lead (steps)", "final coverage 68%", "prior samples drawn", "median rollbacks", "mean wall s"]
+    sampled = [k for k in ("c2st", "tarp_error") if any(r.get(f"final_{k}") is not None for r in results)]
+    head += [f"median final {k}" for k in sampled]  # only where runs measured them (training.c2st_every, ...)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, members in group(results, series).items():
         rows = [r for r, _ in members]
@@ -57,6 +59,7 @@ def table(results: list[dict], series: list[dict]) -> str:
             _median(r.get("prior_sample_share") for r in rows),
             _median(r.get("rollbacks", 0) for r in rows),
             f"{np.mean([r['wall_seconds'] for r in rows]):.1f}",
+            *[_median(r.get(f"final_{k}") for r in rows) for k in sampled],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -16,12 +16,11 @@ import torch
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.alarm import Alarm
-from falcon_lite.core.estimators import make_estimator
 from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.protocols import Estimator, Prior, Simulator
 from falcon_lite.core.training import Optimizer, make_optimizer
-from falcon_lite.engine.problem import bind_problem, embedding_plugin
-from falcon_lite.engine.streams import INIT, rng
+from falcon_lite.engine.problem import bind_problem
+from falcon_lite.engine.regions import RegionCache, Weights, estimator_for
 
 
 @dataclass
@@ -44,6 +43,8 @@ class RunState:
     sound: dict | None = field(default=None, repr=False)  # the last healthy snapshot (adaptive rollback)
     rollbacks: int = 0
     lr_scale: float = 1.0  # the learning rate's factor after rollbacks (buffer.adaptive.lr_factor each)
+    steer_weights: Weights | None = field(default=None, repr=False)  # a truncated proposal's version in force
+    regions: RegionCache | None = field(default=None, repr=False)  # the regions an inline run draws from
 
     @property
     def seed(self) -> int:
@@ -83,6 +84,9 @@ class RunState:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
+        # (the weights version only where there is one: a checkpoint without it stays byte for byte)
+        version = {} if self.steer_weights is None else {
+            "steer_weights": (self.steer_weights.version, self.steer_weights.state)}
         torch.save(
             {
                 "step": self.step,
@@ -95,6 +99,7 @@ class RunState:
                 "lr_scale": self.lr_scale,
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                **version,
             },
             buf,
         )
@@ -106,10 +111,7 @@ def new_state(config: RunConfig) -> RunState:
     torch.set_num_threads(1)
     simulator = bind_problem(config)
     prior = simulator.prior
-    generator = torch.Generator().manual_seed(int(rng(config.training.seed, INIT, 0).integers(2**62)))
-    estimator = make_estimator(config.estimator, simulator.dim, prior, generator=generator,
-                               residual_base=simulator.residual_base, x_shape=simulator.x_shape,
-                               embedding_plugin=embedding_plugin(config))
+    estimator = estimator_for(config, simulator)
     device = config.training.device
     if device != "cpu":
         if not getattr(type(estimator), "runs_on_cuda", False):
@@ -123,7 +125,10 @@ def new_state(config: RunConfig) -> RunState:
     if config.buffer.prior_fraction == "adaptive":
         adaptive = config.buffer.adaptive
         quota = AdaptiveQuota(adaptive.low, adaptive.high, adaptive.half_life)
-    return RunState(config, simulator, prior, estimator, optimizer, truth=truth, quota=quota)
+    state = RunState(config, simulator, prior, estimator, optimizer, truth=truth, quota=quota)
+    if config.proposal.method == "truncated":
+        state.regions = RegionCache(config, simulator)
+    return state
 
 
 def restore(config: RunConfig, blob: bytes) -> RunState:
@@ -141,4 +146,6 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.sound = saved.get("sound")
     state.rollbacks = saved.get("rollbacks", 0)
     state.lr_scale = saved.get("lr_scale", 1.0)
+    if saved.get("steer_weights") is not None:
+        state.steer_weights = Weights(*saved["steer_weights"])
     return state

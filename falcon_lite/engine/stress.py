@@ -26,6 +26,7 @@ from falcon_lite.core.diagnostics import classify_outcome
 
 SERIES = ("std_ratio", "abs_bias_over_sigma", "alarm_ema")
 COVERAGE = ("coverage_50", "coverage_68", "coverage_95")
+SAMPLED = ("c2st", "tarp_error", "hpd_error")  # engine/checks.py, where a run's config asks for them
 
 
 def expand_grid(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -69,7 +70,8 @@ def run_job(job: dict) -> dict:
             except RunDiverged:
                 pass  # recorded as failed on the run; its metrics so far say `diverged`
             with session_factory(engine).begin() as session:
-                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, "prior_drawn_share", "rollbacks"], limit=None)
+                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, *SAMPLED, "prior_drawn_share",
+                                                                 "rollbacks"], limit=None)
         finally:
             engine.dispose()
     steps = np.array([r["step"] for r in rows])
@@ -99,6 +101,8 @@ def run_job(job: dict) -> dict:
         "prior_sample_share": rows[-1].get("prior_drawn_share") if rows else None,
         "rollbacks": int(rows[-1].get("rollbacks") or 0) if rows else 0,  # adaptive rollbacks taken
         **coverage,
+        # the sample-based checks' last values (training.c2st_every, training.coverage_every), or None
+        **{f"final_{k}": _last([r.get(k) for r in rows]) for k in SAMPLED},
         "_series": {"step": steps.tolist(), **{k: [_finite_or_none(v) for v in s] for k, s in series.items()}},
     }
 
@@ -107,6 +111,12 @@ def _mean_last(values: list, n: int) -> float | None:
     """Mean of the last n finite values (coverage of one batch is noisy)."""
     finite = [v for v in values[-n:] if v is not None and np.isfinite(v)]
     return float(np.mean(finite)) if finite else None
+
+
+def _last(values: list) -> float | None:
+    """The last finite value (a check that runs at its own cadence leaves most rows without it)."""
+    finite = [v for v in values if v is not None and np.isfinite(v)]
+    return float(finite[-1]) if finite else None
 
 
 def _finite_or_none(value) -> float | None:

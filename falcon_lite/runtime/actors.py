@@ -1,8 +1,9 @@
 """The small Ray actors of one run; each hands its work to engine code in a line or two.
 
 - ProposalSampler: draws a step's parameters (prior share by quota, the rest from the
-  tempered posterior it is given). Stateless apart from the config: draws depend on
-  (seed, step) only, so a restarted sampler carries on exactly.
+  tempered posterior it is given, or from the truncated prior of the weights it is given by
+  reference: `proposal.method = "truncated"`; it then loads torch and keeps a copy of the
+  estimator). Draws depend on (seed, step, steer) only, so a restarted sampler carries on exactly.
 - SimulatorActor: runs the registered simulator on one step's parameters, or on one chunk of
   them (`runtime.simulation_chunk`). A simulator that raises or returns non-finite values
   yields non-finite rows, which the store counts as rejected and never stores: the run goes on.
@@ -10,8 +11,9 @@
   batches beside the trainer, so that the database's work runs beside training.
 
 The trainer (`runtime.trainer`) and the supervisor (`runtime.supervisor`) have modules of
-their own. Only the trainer imports torch: the others start in a fraction of the time and
-memory (the engine's modules load it when a training function runs).
+their own. Only the trainer (and a sampler of truncated proposals) imports torch: the others
+start in a fraction of the time and memory (the engine's modules load it when a training
+function runs).
 
 Every actor asks for a sliver of a CPU (0.01), not zero: a zero request fits on any node,
 including a zero-CPU Ray node that only hosts a driver (the API container joins the cluster
@@ -27,7 +29,7 @@ import ray
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.samples import Delta, Samples
-from falcon_lite.engine import loop
+from falcon_lite.engine import loop, regions
 from falcon_lite.engine.driver import BatchWriter
 from falcon_lite.engine.problem import bind_problem
 from falcon_lite.store.buffer import SampleStore
@@ -48,12 +50,19 @@ def one_thread() -> None:
 class ProposalSampler:
     def __init__(self, config: dict):
         self.config = RunConfig.model_validate(config)
-        self.prior = bind_problem(self.config).prior
+        self.problem = bind_problem(self.config)
+        self.prior = self.problem.prior
+        self.regions = None  # a truncated proposal's regions (engine/regions.py), made on demand
 
     def propose(self, step: int, steer: tuple) -> Samples:
-        """`steer`: the trainer's (posterior or None, prior fraction) for this batch."""
-        posterior, fraction = steer
-        return loop.propose_from(self.config, self.prior, step, posterior, fraction)
+        """`steer`: the trainer's (posterior, weights version or None, prior fraction) for this batch."""
+        source, fraction = steer
+        if isinstance(source, regions.Weights):  # a new version is fetched and loaded once
+            if self.regions is None:
+                one_thread()
+                self.regions = regions.RegionCache(self.config, self.problem)
+            source = self.regions.region(source, load=ray.get)
+        return loop.propose_from(self.config, self.prior, step, source, fraction)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)

@@ -11,6 +11,7 @@ re-runs __init__ and so rebuilds the trainer from the last checkpoint in the dat
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import queue
 import threading
@@ -19,7 +20,7 @@ import time
 import ray
 
 from falcon_lite.core.samples import Delta
-from falcon_lite.engine import loop
+from falcon_lite.engine import loop, regions
 from falcon_lite.engine.driver import Arrival, Driver
 from falcon_lite.engine.recorder import Recorder
 from falcon_lite.engine.resume import load_state
@@ -28,7 +29,7 @@ from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine
 from falcon_lite.store.dialects import dialect_for
 
-Progress = tuple[int, int, tuple]  # steps trained, the next batch to simulate, (posterior, prior fraction)
+Progress = tuple[int, int, tuple]  # steps trained, the next batch to simulate, (loop.Steer | None, prior fraction)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=0, max_concurrency=4)
@@ -58,6 +59,7 @@ class Trainer:
         self.waited = 0.0  # seconds the training thread waited for a batch since the last metrics row
         self.since = time.perf_counter()  # when that interval began
         self.steer = None
+        self.shipped: regions.Weights | None = None  # the newest weights version put into the object store
         self.published = self._snapshot(steer=True)
 
     def progress(self) -> Progress:
@@ -127,8 +129,17 @@ class Trainer:
         just made one) is recomputed when asked, the step count always."""
         state = self.driver.state
         if steer or self.steer is None:
-            self.steer = (loop.posterior_for(state, state.step), state.prior_fraction)
+            source = loop.steer_for(state, state.step)
+            if isinstance(source, regions.Weights):  # a truncated proposal: by reference, once per version
+                source = self._weights(source)
+            self.steer = (source, state.prior_fraction)
         return state.step, state.next_proposal, self.steer
+
+    def _weights(self, weights: regions.Weights) -> regions.Weights:
+        """A truncated proposal's weights version, put into the object store once per version."""
+        if self.shipped is None or self.shipped.version != weights.version:
+            self.shipped = dataclasses.replace(weights, state=ray.put(weights.state))
+        return self.shipped
 
     def pid(self) -> int:
         return os.getpid()

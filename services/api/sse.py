@@ -7,7 +7,8 @@ The stream polls the database (the events table and new metrics rows) every
   per status change (the store records each as an event of kind ``status``, with
   ``previous``);
 - ``diagnostics``: ``{"rows": [{"step", NAME: value, ...}, ...], "buffer": {...}}`` with
-  the metrics rows recorded since the last message (at most ``MAX_ROWS``, thinned evenly)
+  the metrics rows recorded since the last message (at most ``MAX_ROWS``, thinned evenly,
+  plus every row of a sparse check such as ``c2st``)
   and the buffer's composition (the ``GET /runs/{id}/buffer`` shape);
 - other event kinds under their own name (e.g. ``regime``).
 
@@ -49,12 +50,16 @@ def parse_last_event_id(value: str | None) -> tuple[int, int]:
         return 0, -1
 
 
+SPARSE = ("c2st", "tarp_error", "hpd_error")  # checks at their own cadence (engine/checks.py): never thinned out
+
+
 def _thin(rows: list[dict], keep: int) -> list[dict]:
     if len(rows) <= keep:
         return rows
     stride = len(rows) / keep
-    picked = [rows[int(i * stride)] for i in range(keep - 1)]
-    return picked + [rows[-1]]
+    picked = {int(i * stride) for i in range(keep - 1)} | {len(rows) - 1}
+    picked |= {i for i, row in enumerate(rows) if any(row.get(k) is not None for k in SPARSE)}
+    return [rows[i] for i in sorted(picked)]
 
 
 def _poll(ctx: AppContext, run_id: int, after_event: int, after_step: int) -> dict:
