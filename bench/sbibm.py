@@ -14,10 +14,11 @@ seed, in one process:
   ``--rounds`` rounds, a torch prior and a simulator that both call the same example
   problem's prior bounds and ``simulate``.
 
-Each side's wall time runs from nothing to its final posterior (simulations, storage,
+Each side's wall and CPU time run from nothing to its final posterior (simulations, storage,
 training; sampling not included); then 10 000 draws from each are scored by C2ST against
 sbibm's 10 000 reference samples (``falcon_lite.core.diagnostics_samples.c2st``, as sbibm
-computes it). Both sides run single-threaded (falcon-lite's run sets torch to one thread).
+computes it). Both sides run single-threaded in one process, one after the other for each
+seed, so the CPU times compare even on a shared machine, where wall times count the others.
 Every record is appended to ``--results`` (JSON lines) as it is measured, and the table is
 printed from that file: a long matrix can be measured in pieces and printed once.
 
@@ -52,6 +53,18 @@ import sbibm_refs  # noqa: E402  (bench/sbibm_refs.py)
 SBI_NSF = {"hidden_features": 50, "num_transforms": 5, "num_bins": 10}  # sbi 0.27's posterior_nn("nsf")
 ROUNDS = {1000: 2, 10_000: 10}  # sbi's rounds per budget (others: --rounds, or 2)
 DRAWS = 10_000  # posterior draws scored by C2ST (sbibm's number)
+
+
+class Clock:
+    """Wall and CPU seconds since it was made. The CPU time is this process's (both sides run
+    single-threaded in it), the figure to compare on a shared machine, where the wall time
+    counts whatever else runs there too."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict:
+        return {"wall_s": time.perf_counter() - self.wall, "cpu_s": time.process_time() - self.cpu}
 
 
 # -- falcon-lite --------------------------------------------------------------------------
@@ -95,8 +108,8 @@ def simulations_of(config: dict) -> int:
     return run.buffer.simulations_per_step * run.training.steps
 
 
-def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray, float]:
-    """(draws (n, D) from the final flow at x_obs, wall seconds from run creation to the final flow)."""
+def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray, dict]:
+    """(draws (n, D) from the final flow at x_obs, {"wall_s", "cpu_s"} from run creation to the final flow)."""
     import torch
 
     from falcon_lite.config import RunConfig
@@ -105,13 +118,13 @@ def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray,
     from falcon_lite.store.db import session_factory
 
     run_config = RunConfig.model_validate(config)
-    started = time.perf_counter()
+    clock = Clock()
     with session_factory(engine).begin() as session:
         run_id = runs.create_run(session, run_config).id
     state = run_inline(engine, run_id)
-    wall = time.perf_counter() - started
+    times = clock.read()
     samples = state.estimator.sample(state.simulator.x_obs, draws, torch.Generator().manual_seed(seed))
-    return samples, wall
+    return samples, times
 
 
 def warm_reference(config: dict) -> None:
@@ -143,8 +156,8 @@ def torch_prior(problem):
 
 
 def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
-            training: dict | None = None) -> tuple[np.ndarray, float]:
-    """(draws (n, D) from sbi's final posterior at x_obs, wall seconds to that posterior)."""
+            training: dict | None = None) -> tuple[np.ndarray, dict]:
+    """(draws (n, D) from sbi's final posterior at x_obs, {"wall_s", "cpu_s"} to that posterior)."""
     import torch
     from sbi.inference import NPE  # SNPE-C; 0.27 keeps "SNPE" only as a deprecated alias
     from sbi.neural_nets import posterior_nn
@@ -155,7 +168,7 @@ def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
     def simulator(theta: torch.Tensor) -> torch.Tensor:
         return torch.as_tensor(problem.simulate(theta.double().numpy(), rng), dtype=torch.float32)
 
-    started = time.perf_counter()
+    clock = Clock()
     prior = torch_prior(problem)
     x_o = torch.as_tensor(x_obs, dtype=torch.float32)
     inference = NPE(prior=prior, density_estimator=posterior_nn(model="nsf", **SBI_NSF), show_progress_bars=False)
@@ -164,9 +177,9 @@ def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
         theta = proposal.sample((n,))
         estimator = inference.append_simulations(theta, simulator(theta), proposal=proposal).train(**(training or {}))
         proposal = inference.build_posterior(estimator).set_default_x(x_o)
-    wall = time.perf_counter() - started
+    times = clock.read()
     samples = proposal.sample((draws,), show_progress_bars=False).double().numpy()
-    return samples, wall
+    return samples, times
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -176,33 +189,41 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
 
 def table(records: list[dict]) -> str:
     """The markdown table: per (task, obs, budget), C2ST mean ± sd over seeds for each side,
-    their ratio, the mean wall times and their ratio (falcon-lite / sbi: below 1 is better)."""
+    their ratio, the mean wall and CPU times and their ratios (falcon-lite / sbi: below 1 is better)."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in records:
         groups.setdefault((r["task"], r["obs"], r["budget"]), {}).setdefault(r["side"], []).append(r)
     lines = ["| task | obs | budget | seeds | C2ST falcon | C2ST sbi | C2ST ratio | wall falcon (s) | wall sbi (s) "
-             "| wall ratio |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| wall ratio | CPU falcon (s) | CPU sbi (s) | CPU ratio |", "|---" * 13 + "|"]
     order = {t: i for i, t in enumerate(sbibm_refs.TASKS)}
     for (task, obs, budget), sides in sorted(groups.items(), key=lambda g: (order.get(g[0][0], 99), g[0][1:])):
         cells = {}
         for side in ("falcon", "sbi"):
             rows = sides.get(side, [])
             if rows:
-                c, c_sd = mean_sd([r["c2st"] for r in rows])
-                w, _ = mean_sd([r["wall_s"] for r in rows])
-                cells[side] = (c, c_sd, w, len(rows))
+                cells[side] = {"c2st": mean_sd([r["c2st"] for r in rows]), "n": len(rows),
+                               **{k: mean_sd([r[k] for r in rows])[0] if all(k in r for r in rows) else None
+                                  for k in ("wall_s", "cpu_s")}}
         f, s = cells.get("falcon"), cells.get("sbi")
-        seeds = "/".join(str(cells[k][3]) for k in ("falcon", "sbi") if k in cells)
+        seeds = "/".join(str(cells[k]["n"]) for k in ("falcon", "sbi") if k in cells)
 
         def c2st_cell(v):
-            return "–" if v is None else (f"{v[0]:.3f}" + ("" if math.isnan(v[1]) else f" ± {v[1]:.3f}"))
+            if v is None:
+                return "–"
+            mean, sd = v["c2st"]
+            return f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}")
 
-        def ratio(i):
-            return f"{f[i] / s[i]:.2f}" if f and s else "–"
+        def seconds(v, key):
+            return "–" if v is None or v[key] is None else f"{v[key]:.1f}"
 
-        wall = [("–" if v is None else f"{v[2]:.1f}") for v in (f, s)]
-        lines.append(f"| {task} | {obs} | {budget} | {seeds} | {c2st_cell(f)} | {c2st_cell(s)} | {ratio(0)} "
-                     f"| {wall[0]} | {wall[1]} | {ratio(2)} |")
+        def ratio(a, b):
+            return "–" if a is None or b is None else f"{a / b:.2f}"
+
+        row = [task, str(obs), str(budget), seeds, c2st_cell(f), c2st_cell(s),
+               ratio(f and f["c2st"][0], s and s["c2st"][0])]
+        for key in ("wall_s", "cpu_s"):
+            row += [seconds(f, key), seconds(s, key), ratio(f and f[key], s and s[key])]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
@@ -236,10 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         args.tasks, args.obs, args.budgets, args.seeds = ["two_moons"], [1], [1000], [0]
     overrides, sbi_train = json.loads(args.falcon_config), json.loads(args.sbi_train)
 
+    import torch
+
     from falcon_lite import plugins
     from falcon_lite.core.diagnostics_samples import c2st
     from falcon_lite.store.db import make_engine, migrate
 
+    torch.set_num_threads(1)  # both sides alike (a falcon-lite run sets it too)
     refs = sbibm_refs.References(sbibm_refs.wheel(args.cache))
     with tempfile.TemporaryDirectory(prefix="flr-sbibm-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
@@ -259,19 +283,19 @@ def main(argv: list[str] | None = None) -> None:
                                     raise SystemExit(f"the falcon-lite config spends {simulations_of(config)} "
                                                      f"simulations, not the budget {budget}")
                                 warm_reference(config)
-                                samples, wall = run_falcon(engine, config, args.draws, seed)
+                                samples, times = run_falcon(engine, config, args.draws, seed)
                                 extra = {"config": config}
                             else:
-                                samples, wall = run_sbi(problem, x_obs, budget, rounds, seed, args.draws, sbi_train)
+                                samples, times = run_sbi(problem, x_obs, budget, rounds, seed, args.draws, sbi_train)
                                 extra = {"rounds": rounds, "train": sbi_train}
                             t0 = time.perf_counter()
                             score = c2st(reference, samples)
                             record = {"task": task, "obs": k, "budget": budget, "seed": seed, "side": side,
-                                      "c2st": score, "wall_s": wall, "c2st_s": time.perf_counter() - t0, **extra}
+                                      "c2st": score, **times, "c2st_s": time.perf_counter() - t0, **extra}
                             with args.results.open("a") as out:
                                 out.write(json.dumps(record) + "\n")
                             print(f"{task} obs {k} budget {budget} seed {seed} {side}: C2ST {score:.3f}, "
-                                  f"wall {wall:.1f} s", flush=True)
+                                  f"wall {times['wall_s']:.1f} s, CPU {times['cpu_s']:.1f} s", flush=True)
         engine.dispose()
     refs.close()
     print(table([r for r in load(args.results) if r["task"] in args.tasks and r["obs"] in args.obs

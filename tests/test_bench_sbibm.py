@@ -77,15 +77,17 @@ def test_falcon_config_takes_overrides_section_by_section():
 
 
 def test_table_on_made_up_numbers():
-    records = [{"task": "slcp", "obs": 1, "budget": 1000, "seed": s, "side": side, "c2st": c, "wall_s": w}
+    records = [{"task": "slcp", "obs": 1, "budget": 1000, "seed": s, "side": side, "c2st": c, "wall_s": w,
+                "cpu_s": w / 2}
                for s, (cf, cs) in enumerate([(0.8, 0.9), (0.9, 0.9)])
                for side, c, w in (("falcon", cf, 10.0), ("sbi", cs, 40.0))]
     records.append({"task": "two_moons", "obs": 1, "budget": 1000, "seed": 0, "side": "falcon", "c2st": 0.6,
-                    "wall_s": 5.0})
+                    "wall_s": 5.0})  # (a record without its CPU time)
     lines = sbibm.table(records).splitlines()
     assert lines[0].startswith("| task | obs | budget | seeds | C2ST falcon | C2ST sbi | C2ST ratio")
-    assert lines[2] == "| two_moons | 1 | 1000 | 1 | 0.600 | – | – | 5.0 | – | – |"  # the sbibm order
-    assert lines[3] == "| slcp | 1 | 1000 | 2/2 | 0.850 ± 0.071 | 0.900 ± 0.000 | 0.94 | 10.0 | 40.0 | 0.25 |"
+    assert lines[2] == "| two_moons | 1 | 1000 | 1 | 0.600 | – | – | 5.0 | – | – | – | – | – |"  # sbibm's order
+    assert lines[3] == ("| slcp | 1 | 1000 | 2/2 | 0.850 ± 0.071 | 0.900 ± 0.000 | 0.94 | 10.0 | 40.0 | 0.25 "
+                        "| 5.0 | 20.0 | 0.25 |")
 
 
 def test_table_only_prints_what_the_results_file_holds(tmp_path, capsys):
@@ -93,7 +95,7 @@ def test_table_only_prints_what_the_results_file_holds(tmp_path, capsys):
     path.write_text('{"task": "two_moons", "obs": 2, "budget": 1000, "seed": 0, "side": "sbi", '
                     '"c2st": 0.7, "wall_s": 12.0}\n')
     sbibm.main(["--table-only", "--results", str(path)])
-    assert "| two_moons | 2 | 1000 | 1 | – | 0.700 | – | – | 12.0 | – |" in capsys.readouterr().out
+    assert "| two_moons | 2 | 1000 | 1 | – | 0.700 | – | – | 12.0 | – | – | – | – |" in capsys.readouterr().out
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # C2ST's classifier, cut short
@@ -111,8 +113,8 @@ def test_a_tiny_falcon_run_on_a_fake_wheel_is_scored(tmp_path):
     migrate(url)
     engine = make_engine(url)
     try:
-        draws, wall = sbibm.run_falcon(engine, config, 200, seed=0)
+        draws, times = sbibm.run_falcon(engine, config, 200, seed=0)
     finally:
         engine.dispose()
-    assert draws.shape == (200, 2) and np.isfinite(draws).all() and wall > 0
+    assert draws.shape == (200, 2) and np.isfinite(draws).all() and times["wall_s"] > 0 and times["cpu_s"] > 0
     assert 0.0 <= c2st(refs.samples("two_moons", 1), draws, max_iter=200) <= 1.0
