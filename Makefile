@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export OMP_NUM_THREADS := 1
 
-.PHONY: venv run serve test bench compose-test clean
+.PHONY: venv run serve test bench bench-sbi compose-test clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,14 @@ bench: venv
 	$(PY) bench/ray_loop.py
 	$(PY) bench/startup.py
 	$(PY) bench/api.py
+
+# falcon-lite against sbi's sequential NPE on sbibm's reference posteriors (docs/flows.md).
+# Installs the `bench` extra (sbi, pinned in constraints.txt; torch stays as it is) first.
+# `make bench-sbi SBIBM_ARGS=--quick`: one task, observation, budget and seed.
+SBIBM_ARGS ?=
+bench-sbi: venv
+	$(PIP) install -q -c constraints.txt -e '.[bench]'
+	$(PY) bench/sbibm.py $(SBIBM_ARGS)
 
 # The docker compose deployment for real (tests/test_compose_e2e.py): builds the images, runs the
 # stack and exercises it. Uses the caller's Docker engine, or sets one up with
