@@ -90,6 +90,10 @@ class FlowPosterior(nn.Module):
         self.register_buffer("norm_count", torch.zeros((), dtype=torch.long))
         self.extra_stats: dict = {}
 
+    @property
+    def device(self) -> torch.device:
+        return self.theta_mean.device
+
     def _theta_x(self, theta, x) -> tuple[torch.Tensor, torch.Tensor]:
         theta = torch.as_tensor(theta, dtype=self.dtype).reshape(-1, self.dim)
         return theta, torch.as_tensor(x, dtype=self.dtype).reshape(-1, self.x_dim)
