@@ -33,17 +33,8 @@ def gaussian(dim: int = 1, sigma_obs: float = 1e-6, z_true: list | None = None, 
     if z_true is not None and len(z_true) != dim:
         raise ProblemError(f"z_true has {len(z_true)} values, dim is {dim}")
     x_default = np.asarray(z_true if z_true is not None else [0.3] * dim, np.float64)
-    sampler, marginal = _prior(prior, dim, loc, scale, low, high)
-
-    def reference(x_obs: np.ndarray) -> Reference:
-        return Reference.gaussian(*GaussianSimulator(x_obs, sigma_obs).true_posterior(sampler))
-
-    return Problem(
-        name="gaussian", parameters=[Parameter(f"z{i}", marginal) for i in range(dim)],
-        simulate=GaussianSimulator(x_default, sigma_obs), x_shape=(dim,), observations={"default": x_default},
-        reference=reference, prior=sampler, residual_base=GaussianSimulator.residual_base,
-        description="x = z + noise (the seed's explosion scenario)",
-    )
+    return _built_in("gaussian", GaussianSimulator, x_default, sigma_obs, _prior(prior, dim, loc, scale, low, high),
+                     "x = z + noise (the seed's explosion scenario)")
 
 
 def exp_noise(dim: int = 3, sigma_obs: float = 1e-6, z_true: list | None = None, prior: str = "normal",
@@ -58,14 +49,21 @@ def exp_noise(dim: int = 3, sigma_obs: float = 1e-6, z_true: list | None = None,
     if any(z > 700 for z in z_true):
         raise ProblemError("z_true too large: exp(z_true) overflows (exp_noise needs z_true <= 700)")
     x_default = np.array([math.exp(z) for z in z_true])
-    sampler, marginal = _prior(prior, dim, loc, scale, low, high)
+    return _built_in("exp_noise", ExpNoiseSimulator, x_default, sigma_obs, _prior(prior, dim, loc, scale, low, high),
+                     "x = exp(z) + noise (falcon's example 04)")
+
+
+def _built_in(name: str, simulator: type, x_default: np.ndarray, sigma_obs: float, prior: tuple,
+              description: str) -> Problem:
+    """A built-in problem around its v1 simulator class: the same draws, simulations and
+    reference posterior (`true_posterior`) as the v1 config that names it."""
+    sampler, marginal = prior
 
     def reference(x_obs: np.ndarray) -> Reference:
-        return Reference.gaussian(*ExpNoiseSimulator(x_obs, sigma_obs).true_posterior(sampler))
+        return Reference.gaussian(*simulator(x_obs, sigma_obs).true_posterior(sampler))
 
     return Problem(
-        name="exp_noise", parameters=[Parameter(f"z{i}", marginal) for i in range(dim)],
-        simulate=ExpNoiseSimulator(x_default, sigma_obs), x_shape=(dim,), observations={"default": x_default},
-        reference=reference, prior=sampler, residual_base=ExpNoiseSimulator.residual_base,
-        description="x = exp(z) + noise (falcon's example 04)",
+        name=name, parameters=[Parameter(f"z{i}", marginal) for i in range(len(x_default))],
+        simulate=simulator(x_default, sigma_obs), x_shape=(len(x_default),), observations={"default": x_default},
+        reference=reference, prior=sampler, residual_base=simulator.residual_base, description=description,
     )
