@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from falcon_lite.runtime.head import free_port_range, free_ports
+
 pytestmark = [pytest.mark.postgres, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BIN = Path(sys.executable).parent
@@ -37,36 +38,6 @@ RUN_BODY = {
     "training": {"steps": 60, "batch_size": 32, "warmup_steps": 20, "diagnostics_every": 5, "seed": 3},
     "runtime": {"simulators": 2},
 }
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now (held open together so that they differ)."""
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port_range(width: int = 40) -> tuple[int, int]:
-    """A run of `width` ports above 20000 that are all free now (Ray worker processes)."""
-    for start in range(20000 + (os.getpid() % 200) * 100, 60000, 100):
-        try:
-            held = []
-            for port in range(start, start + width):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
-            return start, start + width - 1
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
-    pytest.fail("no free port range for Ray workers")
 
 
 def ray_node_ports() -> list[str]:

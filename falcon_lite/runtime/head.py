@@ -53,7 +53,8 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _free_port_range(width: int = 40) -> tuple[int, int]:
+def free_port_range(width: int = 40) -> tuple[int, int]:
+    """A run of `width` ports above 20000 that are all free now (for Ray's worker processes)."""
     for start in range(20000 + (os.getpid() % 300) * 100, 60000, 100):
         held = []
         try:
@@ -111,7 +112,7 @@ class LocalHead:
         # Short: Ray's socket paths under the temp dir are limited to ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="flr-h-", dir="/tmp")
         self.port, *ports = free_ports(7)
-        low, high = _free_port_range()
+        low, high = free_port_range()
         self.log_path = Path(self.temp_dir) / "head.log"
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
