@@ -21,7 +21,7 @@ from falcon_lite.store import runs as store_runs
 from falcon_lite.store.db import make_engine, session_factory
 from tests.plugins.browser import browser, wait  # noqa: F401 (fixture)
 from tests.plugins.server import TOKEN, start_server
-from tests.test_dashboard_page import SMALL, open_page
+from tests.test_dashboard_page import SMALL, open_page, server, sessions  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser]
 
@@ -38,23 +38,6 @@ return n;
 REFERENCE_RGB = (0xE6, 0x55, 0x0D)
 ESTIMATE_RGB = (0x31, 0x82, 0xBD)
 POSTERIOR = "return window.falconDashboard.posterior"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("views")
-    server = start_server(f"sqlite:///{data_dir / 'falcon-lite.db'}", data_dir)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def sessions(server):
-    engine = make_engine(server.db_url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def trained(sessions, name: str, **config) -> int:
