@@ -18,9 +18,8 @@ import pytest
 
 from falcon_lite.config import RunConfig
 from falcon_lite.store import runs as store_runs
-from falcon_lite.store.db import make_engine, session_factory
 from tests.plugins.browser import browser, wait  # noqa: F401 (fixture)
-from tests.plugins.server import TOKEN, start_server
+from tests.plugins.server import TOKEN
 from tests.test_dashboard_page import SMALL, open_page, server, sessions  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.browser]
