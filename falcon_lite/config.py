@@ -296,6 +296,11 @@ class TrainingConfig(Strict):
     lr: PositiveFloat = 1e-2
     warmup_steps: NonNegInt = 1000
     lr_after_warmup: PositiveFloat = 1e-3
+    lr_decay: Literal["none", "cosine"] = Field(
+        "none", description='After the warm-up: "none" keeps lr_after_warmup; "cosine" lowers it along a half '
+        "cosine to zero at the last step (for a run of known length: the last steps average out the noise "
+        "of the batches).",
+    )
     diagnostics_every: PositiveInt = 1
     c2st_every: PositiveInt | None = Field(
         default=None,
@@ -320,9 +325,10 @@ class RuntimeConfig(Strict):
     steps_per_batch: PositiveInt | None = Field(
         default=1,
         description=(
-            "Ray: optimizer steps the trainer may take per simulated batch it ingests. 1 (default) is the "
-            "seed's lock-step (each batch trained once, as the inline runtime does); k trains up to k "
-            "steps per batch; null trains continuously on the buffer while batches arrive (falcon-style)."
+            "Optimizer steps the trainer may take per simulated batch it ingests. 1 (default) is the "
+            "seed's lock-step (each batch trained once); k trains up to k steps per batch (exactly k "
+            "inline: a run of S steps simulates ceil(S / k) batches); null trains continuously on the "
+            "buffer while batches arrive (falcon-style; Ray only, the inline runtime runs it lock-step)."
         ),
     )
     simulator_fail_every: PositiveInt | None = Field(

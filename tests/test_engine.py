@@ -149,6 +149,39 @@ def test_stop_and_resume_continue_exactly(sqlite_url, estimator):
     assert resumed == straight
 
 
+def test_k_steps_per_batch_inline_simulate_a_batch_every_k_steps_and_resume_exactly(sqlite_url):
+    """runtime.steps_per_batch = 4 inline: batches at steps 0, 4, ..., 56 (15 of them), and a run
+    stopped mid-batch (step 37) resumes to the numbers of one never stopped."""
+    config = small(**{"runtime.steps_per_batch": 4})
+    straight_id, straight = _run(sqlite_url, config)
+    engine = make_engine(sqlite_url)
+    with session_factory(engine).begin() as s:
+        run_id = runs.create_run(s, config).id
+    seen = []
+    run_inline(engine, run_id, should_stop=lambda: len(seen) >= 37, on_step=lambda step, row: seen.append(step))
+    run_inline(engine, run_id)
+    with session_factory(engine).begin() as s:
+        resumed = runs.metrics_since(s, run_id, limit=None)
+        assert runs.last_sample_step(s, straight_id) == runs.last_sample_step(s, run_id) == 56
+        assert runs.get_run(s, run_id).appended == runs.get_run(s, straight_id).appended == 15 * 32
+    engine.dispose()
+    assert [r["step"] for r in straight] == list(range(60))
+    assert resumed == straight
+    lock_step = _run(sqlite_url, small())[1]
+    assert [r["loss"] for r in straight[:4]] != [r["loss"] for r in lock_step[:4]]  # steps 1-3 reuse batch 0
+
+
+def test_cosine_lr_decay_falls_from_lr_after_warmup_to_zero(sqlite_url):
+    config = small(**{"training.lr_decay": "cosine", "training.lr": 1e-2, "training.lr_after_warmup": 1e-3})
+    rows = _run(sqlite_url, config)[1]
+    lrs = np.array([r["lr"] for r in rows])
+    assert np.all(lrs[:20] == 1e-2)  # the warm-up keeps training.lr
+    after = lrs[20:]
+    assert after[0] == pytest.approx(1e-3) and np.all(np.diff(after) < 0)
+    assert after[-1] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi * 39 / 40)))
+    assert [r["lr"] for r in _run(sqlite_url, small())[1]][20:] == [1e-3] * 40
+
+
 _KILLED_MID_RUN = """
 import sys
 from falcon_lite.engine import inline

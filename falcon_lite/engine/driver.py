@@ -4,8 +4,9 @@
 them in the mirror, check them held out), takes optimizer steps, records diagnostics, and
 checkpoints and purges on schedule. `Driver.run` interlocks batches and steps as
 ``runtime.steps_per_batch`` says: 1 takes exactly one optimizer step per batch (the seed's
-lock-step, and the inline runtime's always), k up to k steps per batch, None trains
-continuously on the buffer and takes in whatever has arrived between two steps. Where the
+lock-step), k up to k steps per batch (exactly k inline, where the next batch is simulated
+when asked), None trains continuously on the buffer and takes in whatever has arrived
+between two steps (the inline runtime runs that lock-step: nothing arrives between steps). Where the
 batches come from is the caller's: the inline runtime simulates them when asked, the Ray
 trainer takes them from its inbox.
 
@@ -38,12 +39,14 @@ class Driver:
     """One run's cadence around its state, store, mirror and recorder (see the module doc)."""
 
     def __init__(self, state: RunState, store: SampleStore, mirror: Mirror, recorder: Recorder, *,
-                 lock_step: bool = False, purges: bool = True) -> None:
-        """`lock_step`: one batch per step whatever the config says (the inline runtime);
-        `purges`: this driver's store is the run's writer, so it purges too."""
+                 lock_step: bool = False, aligned: bool = False, purges: bool = True) -> None:
+        """`lock_step`: one batch per step whatever the config says (the inline runtime's continuous);
+        `aligned`: with k steps per batch, batches come at the steps that are multiples of k, a
+        resumed run's too (the inline runtime's, so that a resume takes its batches where a
+        straight run does); `purges`: this driver's store is the run's writer, so it purges too."""
         self.state, self.store, self.mirror, self.recorder = state, store, mirror, recorder
         self.steps_per_batch = 1 if lock_step else state.config.runtime.steps_per_batch
-        self.purges = purges
+        self.aligned, self.purges = aligned, purges
         self.checks: dict | None = None  # held-out checks of the newest batch, for the next metrics row
 
     def ingest(self, batch: Samples, delta: Delta | None = None) -> None:
@@ -88,7 +91,7 @@ class Driver:
         state = self.state
         limit = self.steps_per_batch
         fill = max(1, state.config.buffer.min_training)
-        credit = 0
+        credit = (-state.step) % limit if self.aligned and limit is not None else 0
         while state.step < total and not halted():
             if limit is None:  # continuous: take what has arrived; wait only while the pool is too small
                 self._drain(take, wait=self.mirror.trainable_size < fill)

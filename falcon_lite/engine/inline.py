@@ -1,9 +1,10 @@
 """The inline runtime: one run's loop in the calling process, deterministic for a seed.
 
 Used by `falcon-lite run`, by the stress harness (one process per run) and by tests. It
-simulates each batch when the driver asks for one (lock-step: one batch, one optimizer
-step); every simulated sample goes through the SampleStore, and the trainer reads only
-its mirror.
+simulates each batch when the driver asks for one: one batch per ``runtime.steps_per_batch``
+= k optimizer steps (k = 1, the default, is the seed's lock-step; continuous training, null,
+has nothing arriving between two steps inline and runs lock-step); every simulated sample
+goes through the SampleStore, and the trainer reads only its mirror.
 
 Where the database can group its commits (`dialect_for(engine).group_commit_s`, SQLite), a
 group commits at the first append after it is that old, or sooner at a metrics flush,
@@ -66,10 +67,11 @@ def run_inline(
                         x_shape=state.simulator.x_shape, group_commit_s=grouped)
     mirror = store.mirror(f"inline-{run_id}", heartbeat_s=HEARTBEAT_S)
     driver = Driver(state, store, mirror, Recorder(engine, run_id, max_seconds=FLUSH_EVERY_S, store=store),
-                    lock_step=True)
+                    lock_step=cfg.runtime.steps_per_batch is None, aligned=True)
 
     def simulated(wait: bool):
-        proposed = loop.propose(state, state.next_proposal)
+        # the batch of the step about to be trained (or a later one, where a crash left that stored)
+        proposed = loop.propose(state, max(state.step, state.next_proposal))
         return loop.simulate(state.simulator, proposed, state.seed, cfg.runtime.simulation_chunk), None
 
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,7 +58,12 @@ class RunState:
 
     def lr(self, step: int) -> float:
         t = self.config.training
-        return (t.lr if step < t.warmup_steps else t.lr_after_warmup) * self.lr_scale
+        if step < t.warmup_steps:
+            return t.lr * self.lr_scale
+        if t.lr_decay == "cosine":
+            done = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
+            return t.lr_after_warmup * 0.5 * (1.0 + math.cos(math.pi * done)) * self.lr_scale
+        return t.lr_after_warmup * self.lr_scale
 
     def keep_sound(self) -> None:
         """Snapshot the estimator, optimizer and alarm as the state to roll back to."""
