@@ -225,6 +225,7 @@ RUNS = {
     "flaky": {"problem": {"params": {"fail_share": 0.2, "nan_share": 0.2}}},
     "signal-mlp": {"estimator": {"embedding": {"name": "mlp"}}},
     "signal-cnn1d": {"estimator": {"embedding": {"name": "cnn1d"}}},
+    "signal-flow": {"estimator": {"name": "flow", "transforms": 2, "embedding": {"name": "cnn1d"}}},
     "two_moons-observation-2": {"problem": {"observation": "2"}},
 }
 

@@ -95,8 +95,58 @@ def test_x_of_any_shape_is_taken_flattened():
     assert est.posterior_batch(x[:4])[0].shape == (4, 2) and est.log_prob(theta, x).shape == (32,)
     with pytest.raises(ValueError, match="disagree"):
         FlowPosterior(cfg, 2, None, x_dim=5, x_shape=(2, 3))
-    with pytest.raises(ValueError, match="plugin embeddings"):
-        FlowPosterior(cfg, 2, None, embedding_plugin=lambda: None)
+
+
+class PoolPairs(torch.nn.Module):
+    """A plugin embedding for the test: (n, 2, 3) -> (n, 2), each row's mean, through a weight."""
+
+    def __init__(self, x_shape):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.scale * x.mean(-1)
+
+
+@pytest.mark.parametrize("embedding", [{"name": "mlp", "features": 4, "hidden": [8]},
+                                       {"name": "cnn1d", "features": 4, "channels": [2], "kernel": 3},
+                                       {"name": "pool_pairs"}])
+def test_the_flow_conditions_on_an_embedding_trained_with_it(embedding):
+    """x of shape (2, 3) through a built-in or plugin embedding: the embedding's weights get
+    gradients, are in the checkpoint, and draws/log q use them."""
+    cfg = EstimatorConfig(name="flow", hidden=[8], transforms=2, normalize=True, embedding=embedding)
+    plugin = PoolPairs if embedding["name"] == "pool_pairs" else None
+    est = FlowPosterior(cfg, 2, None, torch.Generator().manual_seed(0), x_shape=(2, 3), embedding_plugin=plugin)
+    assert not isinstance(est.embedding, torch.nn.Identity) and list(est.embedding.parameters())
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=(32, 2))
+    x = np.repeat(theta[:, :, None], 3, axis=2) + 0.1 * rng.normal(size=(32, 2, 3))
+    t, xt = torch.as_tensor(theta), torch.as_tensor(x.reshape(32, 6))
+    est.observe(t, xt)
+    est.loss(t, xt).backward()
+    for name, p in est.embedding.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches embedding.{name}"
+    assert any(k.startswith("embedding.") for k in est.state_dict())
+    other = FlowPosterior(cfg, 2, None, torch.Generator().manual_seed(1), x_shape=(2, 3), embedding_plugin=plugin)
+    other.load_state_dict(est.state_dict())
+    gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    np.testing.assert_array_equal(est.sample(x[0], 6, gen()), other.sample(x[0], 6, gen()))
+    with torch.no_grad():
+        for p in est.embedding.parameters():
+            p.add_(1.0)  # the embedding moves: so do the flow's draws at the same x
+    assert not np.array_equal(est.sample(x[0], 6, gen()), other.sample(x[0], 6, gen()))
+
+
+def test_the_identity_embedding_leaves_the_flow_as_it_was():
+    """x itself (the default): no embedding weights, and the flow's weights are what the
+    generator gave the flow alone, so runs and checkpoints from before embeddings keep their numbers."""
+    from falcon_lite.core.estimators.flow import build_flow
+
+    cfg = EstimatorConfig(name="flow", hidden=[8], transforms=2)
+    est = FlowPosterior(cfg, 2, None, torch.Generator().manual_seed(4))
+    bare = build_flow("nsf", 2, 2, 2, [8], cfg.activation, cfg.bins, torch.float64, torch.Generator().manual_seed(4))
+    assert not list(est.embedding.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(est.flow.parameters(), bare.parameters()))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -2,8 +2,10 @@
 
 The flow maps standardised parameters u = (theta - m_theta) / s_theta to a standard normal
 z = f(u; c) through ``transforms`` autoregressive transforms (rational-quadratic splines
-with ``bins`` bins for ``"nsf"``, affine for ``"maf"``), each conditioned on the standardised
-observation c = (x - m_x) / s_x ``(n, x_dim)`` (x of any shape, flattened). By the change of variables
+with ``bins`` bins for ``"nsf"``, affine for ``"maf"``), each conditioned on the embedded,
+standardised observation c = e((x - m_x) / s_x) ``(n, features)``: x of any shape, standardised
+per value, then the ``estimator.embedding`` e (core/embeddings.py: identity = x flattened, mlp,
+cnn1d or a plugin), trained with the flow. By the change of variables
 
     log q(theta | x) = log N(f(u; c); 0, I) + log |det df/du| - sum_d log s_theta_d.
 
@@ -18,8 +20,8 @@ in the state dict; without it m = 0 and s = 1. (NSF's splines act on [-5, 5]: st
 The engine's Gaussian view (``posterior``: proposal, diagnostics) is the sample mean and
 variance of ``POSTERIOR_DRAWS`` draws at x_obs from a generator seeded with ``MOMENT_SEED``
 on every call, so it is a function of the weights alone; ``posterior_batch`` uses
-``BATCH_DRAWS`` draws per row. Shapes: theta ``(n, D)``, x ``(n, x_dim)`` (flattened or
-embedded already), x_obs ``(x_dim,)``.
+``BATCH_DRAWS`` draws per row. Shapes: theta ``(n, D)``, x ``(n, x_dim)`` (flattened; the
+embedding is applied inside), x_obs ``(x_dim,)``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import zuko
 from torch import nn
 
+from falcon_lite.core import embeddings
 from falcon_lite.core.estimators.head import ACTIVATIONS, DTYPES
 
 POSTERIOR_DRAWS = 1000  # draws behind the (mean, var) at x_obs
@@ -65,25 +68,34 @@ class FlowPosterior(nn.Module):
     def __init__(self, cfg, dim: int, prior, generator: torch.Generator | None = None, *,
                  residual_base: str = "identity", x_dim: int | None = None,
                  x_shape: tuple[int, ...] | None = None, embedding_plugin=None):
-        """`residual_base` is not used (a flow takes no residual); `x_dim`: x's feature count
-        (None: ``dim``, as for the built-in simulators), or `x_shape`: the shape of one x, taken
-        flattened (x_dim = its size). A plugin embedding is not wired into the flow yet."""
+        """`residual_base` is not used (a flow takes no residual); `x_dim`: x's value count
+        (None: ``dim``, as for the built-in simulators), or `x_shape`: the shape of one x (x_dim =
+        its size); `embedding_plugin`: the factory of the plugin embedding ``cfg.embedding`` names."""
         super().__init__()
         del prior, residual_base
-        if embedding_plugin is not None:
-            raise ValueError("estimator 'flow' takes x flattened: plugin embeddings are not supported yet")
         if x_shape is not None:
             size = math.prod(x_shape)
             if x_dim is not None and x_dim != size:
                 raise ValueError(f"x_dim={x_dim} and x_shape={tuple(x_shape)} disagree")
             x_dim = size
         self.dim, self.x_dim = dim, dim if x_dim is None else x_dim
+        self.x_shape = (self.x_dim,) if x_shape is None else tuple(x_shape)
         self.dtype = DTYPES[cfg.dtype]
         self.importance_weighting = cfg.importance_weighting
         self.variance_source = cfg.variance_source
         self.normalize, self.momentum = cfg.normalize, float(cfg.ema_momentum)
-        self.flow = build_flow(cfg.flow, dim, self.x_dim, cfg.transforms, list(cfg.hidden), cfg.activation,
+        features = embeddings.features_of(cfg.embedding, self.x_shape)
+        made = None
+        if features is None:  # a plugin: its size is known once it is built
+            made = embeddings.build(cfg.embedding, self.x_shape, cfg.activation, self.dtype, generator,
+                                    embedding_plugin)
+            features = made.features
+        self.flow = build_flow(cfg.flow, dim, features, cfg.transforms, list(cfg.hidden), cfg.activation,
                                cfg.bins, self.dtype, generator)
+        # after the flow, so that a flow on x itself (identity: no weights) keeps its numbers
+        self.embedding = made or embeddings.build(cfg.embedding, self.x_shape, cfg.activation, self.dtype,
+                                                  generator)
+        self._flat = isinstance(self.embedding, embeddings.Flatten)  # identity: the flow reads x as it is
         for name, size, init in (("theta_mean", dim, 0.0), ("theta_std", dim, 1.0),
                                  ("x_mean", self.x_dim, 0.0), ("x_std", self.x_dim, 1.0)):
             self.register_buffer(name, torch.full((size,), init, dtype=self.dtype))
@@ -113,7 +125,12 @@ class FlowPosterior(nn.Module):
         """log q(theta_i | x_i) ``(n,)`` for theta ``(n, D)`` and x ``(n, x_dim)`` (differentiable)."""
         theta, x = self._theta_x(theta, x)
         u = (theta - self.theta_mean) / self.theta_std
-        return self.flow((x - self.x_mean) / self.x_std).log_prob(u) - torch.log(self.theta_std).sum()
+        return self.flow(self._context(x)).log_prob(u) - torch.log(self.theta_std).sum()
+
+    def _context(self, x: torch.Tensor) -> torch.Tensor:
+        """What the flow is conditioned on: x ``(m, x_dim)`` standardised, then embedded ``(m, features)``."""
+        c = (x - self.x_mean) / self.x_std
+        return c if self._flat else self.embedding(c.reshape(len(c), *self.x_shape))
 
     def loss(self, theta: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
         """-mean_i log q(theta_i | x_i), or -sum_i w_i log q(theta_i | x_i) with weights w ``(n,)``."""
@@ -125,10 +142,9 @@ class FlowPosterior(nn.Module):
         """``(n, m, D)`` draws: n per row of x ``(m, x_dim)`` (the noise in float64, then the flow's dtype)."""
         m = x.shape[0]
         z = torch.randn((n, m, self.dim), generator=generator, dtype=torch.float64).to(self.dtype)
-        # c (m, x_dim) broadcasts against z (n, m, D): with D = 1 the flow's networks see each
+        # the context (m, features) broadcasts against z (n, m, D): with D = 1 the flow's networks see each
         # row's context once, not n times (the same numbers as an expanded c)
-        c = (x - self.x_mean) / self.x_std
-        u = self.flow(c).transform.inv(z)  # the base is N(0, I): z is a draw from it
+        u = self.flow(self._context(x)).transform.inv(z)  # the base is N(0, I): z is a draw from it
         return self.theta_mean + self.theta_std * u
 
     def sample(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> np.ndarray:
