@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+for _threads in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one core each side, C2ST too
+    os.environ.setdefault(_threads, "1")
 
 import numpy as np
 
@@ -76,36 +78,57 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+PLANS = {1000: (10, 10), 10_000: (25, 10)}  # budget: (simulations per batch, optimizer steps per batch)
+
+
+def plan(budget: int) -> tuple[int, int]:
+    """(simulations per batch, steps per batch) for `budget`: PLANS, else about 100 batches of
+    10 steps. A budget the batch does not divide is refused (the bench spends it exactly)."""
+    per_batch, steps_per_batch = PLANS.get(budget, (max(1, budget // 100), 10))
+    if budget % per_batch:
+        raise ValueError(f"a budget of {budget} is not a whole number of batches of {per_batch}")
+    return per_batch, steps_per_batch
+
+
 def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | None = None) -> dict:
     """falcon-lite's run config (JSON) for `task` at `x_obs` on `budget` simulations.
 
     The flow is sbi's default NSF in size (5 transforms, 2 x 50 hidden, 10 bins, ReLU),
-    standardised; one simulation per step, so the run takes `budget` optimizer steps, the
-    first half on prior draws (the warm-up), the rest proposed around the flow's posterior
-    at x_obs; every simulation stays in the training pool (max_training = budget), as sbi
-    keeps all its rounds. `overrides` merge in last (`deep_merge`).
+    standardised, in float32 (as sbi's). The budget is simulated in batches (`plan`: 100
+    batches of 10 at 1000, 400 of 25 at 10 000) with k = 10 optimizer steps on each (batch
+    256 from the pool), so a run is ``budget / per_batch x k`` steps (1000 and 4000). The first 40 % of the steps
+    draw from the prior (the warm-up); after it, TSNPE (``proposal.method = "truncated"``): the
+    prior restricted to the flow's highest-density region at x_obs, a new region every 4
+    batches, with a prior quota of 25 %. Adam at 2e-3 through the warm-up, then falling along
+    a cosine to zero at the last step. Every simulation stays in the training pool
+    (max_training = budget), as sbi keeps all its rounds. `overrides` merge in last (`deep_merge`).
     """
-    per_step = 1
-    steps = budget // per_step
+    per_batch, k = plan(budget)
+    steps = budget // per_batch * k
     config = {
         "name": f"sbibm-{task}-{budget}-{seed}",
         "problem": {"name": task, "x_obs": np.asarray(x_obs, np.float64).tolist()},
         "estimator": {"name": "flow", "flow": "nsf", "transforms": 5, "hidden": [50, 50], "bins": 10,
-                      "activation": "relu", "normalize": True},
-        "buffer": {"simulations_per_step": per_step, "min_training": 0, "max_training": budget,
-                   "prior_fraction": 0.0},
-        "training": {"steps": steps, "warmup_steps": steps // 2, "batch_size": 128, "lr": 1e-3,
-                     "lr_after_warmup": 1e-3, "diagnostics_every": 100, "checkpoint_every": steps, "seed": seed},
+                      "activation": "relu", "normalize": True, "dtype": "float32"},
+        "proposal": {"method": "truncated", "region_every": 4 * k},
+        "buffer": {"simulations_per_step": per_batch, "min_training": 0, "max_training": budget,
+                   "prior_fraction": 0.25},
+        "runtime": {"steps_per_batch": k},
+        "training": {"steps": steps, "warmup_steps": round(0.4 * steps), "batch_size": 256, "lr": 2e-3,
+                     "lr_after_warmup": 2e-3, "lr_decay": "cosine", "diagnostics_every": 100,
+                     "checkpoint_every": steps, "seed": seed},
     }
     return deep_merge(config, overrides or {})
 
 
 def simulations_of(config: dict) -> int:
-    """The simulations a falcon-lite run of `config` (JSON) spends: per step x steps."""
+    """The simulations an inline falcon-lite run of `config` (JSON) spends: one batch of
+    ``simulations_per_step`` per ``runtime.steps_per_batch`` = k steps (ceil(steps / k) batches)."""
     from falcon_lite.config import RunConfig
 
     run = RunConfig.model_validate(config)
-    return run.buffer.simulations_per_step * run.training.steps
+    k = run.runtime.steps_per_batch or 1
+    return run.buffer.simulations_per_step * -(-run.training.steps // k)
 
 
 def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray, dict]:
@@ -113,6 +136,7 @@ def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray,
     import torch
 
     from falcon_lite.config import RunConfig
+    from falcon_lite.engine import loop
     from falcon_lite.engine.inline import run_inline
     from falcon_lite.store import runs
     from falcon_lite.store.db import session_factory
@@ -123,7 +147,7 @@ def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray,
         run_id = runs.create_run(session, run_config).id
     state = run_inline(engine, run_id)
     times = clock.read()
-    samples = state.estimator.sample(state.simulator.x_obs, draws, torch.Generator().manual_seed(seed))
+    samples = loop.posterior_draws(state, draws, torch.Generator().manual_seed(seed))  # inside the prior's support
     return samples, times
 
 

@@ -65,6 +65,7 @@ def test_falcon_config_is_valid_spends_the_budget_and_matches_sbis_flow(task, x_
     assert (e.transforms, e.hidden[0], e.bins) == tuple(sbibm.SBI_NSF[k] for k in ("num_transforms",
                                                                                     "hidden_features", "num_bins"))
     assert run.buffer.max_training >= budget and run.training.seed == 3
+    assert (run.estimator.dtype, run.proposal.method, run.training.lr_decay) == ("float32", "truncated", "cosine")
 
 
 def test_falcon_config_takes_overrides_section_by_section():
@@ -73,7 +74,9 @@ def test_falcon_config_takes_overrides_section_by_section():
     run = RunConfig.model_validate(config)
     assert run.proposal.temperature == 3.0 and run.estimator.bins == 8 and run.estimator.transforms == 5
     config = sbibm.falcon_config("two_moons", [0.0, 0.0], 1000, 0, {"buffer": {"simulations_per_step": 2}})
-    assert sbibm.simulations_of(config) == 2000  # the bench refuses a config off the budget
+    assert sbibm.simulations_of(config) == 200  # 100 batches of 2: the bench refuses a config off the budget
+    with pytest.raises(ValueError, match="not a whole number of batches of 10"):
+        sbibm.plan(1005)
 
 
 def test_table_on_made_up_numbers():

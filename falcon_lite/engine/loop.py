@@ -80,12 +80,17 @@ Steer = Posterior | regions.Weights  # what steers a batch's proposal (None: the
 def steer_for(state: RunState, step: int) -> Steer | None:
     """What steers step `step`'s proposal: None during the warm-up; the (mean, var) at x_obs
     for a Gaussian proposal; for a truncated one the weights version in force (a copy, taken
-    afresh once `proposal.region_every` steps have passed since the last: engine/regions.py)."""
-    posterior = posterior_for(state, step)  # (also the divergence check)
-    if posterior is None or state.config.proposal.method == "gaussian":
-        return posterior
+    afresh once `proposal.region_every` steps have passed since the last: engine/regions.py).
+
+    The divergence check (`posterior_for`) runs wherever the proposal changes: every step for a
+    Gaussian one, with each new weights version for a truncated one (whose proposal does not
+    read the moments, which cost a flow ~1000 draws).
+    """
+    if state.config.proposal.method == "gaussian" or step < state.config.training.warmup_steps:
+        return posterior_for(state, step)
     held = state.steer_weights
     if held is None or state.step - held.version >= state.config.proposal.region_every:
+        posterior_for(state, step)
         held = state.steer_weights = regions.Weights(state.step, copy.deepcopy(state.estimator.state_dict()))
     return held
 
