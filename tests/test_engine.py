@@ -126,13 +126,8 @@ def test_every_simulated_sample_is_stored_and_accounted(db_url):
     engine.dispose()
 
 
-@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
-def test_stop_and_resume_continue_exactly(sqlite_url, estimator):
-    """A run stopped at step 37 and resumed gives the same numbers as one never stopped, with
-    every registered estimator."""
-    config = small(**{"estimator.name": estimator})
-    _, straight = _run(sqlite_url, config)
-    engine = make_engine(sqlite_url)
+def _stopped_at_37_and_resumed(engine, config: RunConfig) -> int:
+    """A new run of `config` stopped after 37 steps (checked), then resumed to its end; its id."""
     with session_factory(engine).begin() as s:
         run_id = runs.create_run(s, config).id
     seen = []
@@ -141,6 +136,17 @@ def test_stop_and_resume_continue_exactly(sqlite_url, estimator):
         run = runs.get_run(s, run_id)
         assert (run.status, run.step) == ("stopped", 37)
     run_inline(engine, run_id)
+    return run_id
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_stop_and_resume_continue_exactly(sqlite_url, estimator):
+    """A run stopped at step 37 and resumed gives the same numbers as one never stopped, with
+    every registered estimator."""
+    config = small(**{"estimator.name": estimator})
+    _, straight = _run(sqlite_url, config)
+    engine = make_engine(sqlite_url)
+    run_id = _stopped_at_37_and_resumed(engine, config)
     with session_factory(engine).begin() as s:
         assert runs.get_run(s, run_id).status == "completed"
         resumed = runs.metrics_since(s, run_id, limit=None)
@@ -155,11 +161,7 @@ def test_k_steps_per_batch_inline_simulate_a_batch_every_k_steps_and_resume_exac
     config = small(**{"runtime.steps_per_batch": 4})
     straight_id, straight = _run(sqlite_url, config)
     engine = make_engine(sqlite_url)
-    with session_factory(engine).begin() as s:
-        run_id = runs.create_run(s, config).id
-    seen = []
-    run_inline(engine, run_id, should_stop=lambda: len(seen) >= 37, on_step=lambda step, row: seen.append(step))
-    run_inline(engine, run_id)
+    run_id = _stopped_at_37_and_resumed(engine, config)
     with session_factory(engine).begin() as s:
         resumed = runs.metrics_since(s, run_id, limit=None)
         assert runs.last_sample_step(s, straight_id) == runs.last_sample_step(s, run_id) == 56
