@@ -27,6 +27,8 @@ from services.api.sse import event_stream
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the run's id")]
+SampleCount = Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
+                                                               "FALCON_LITE_POSTERIOR_MAX_VALUES")]
 
 
 @router.post("", status_code=201, dependencies=[AuthDep], summary="Create a run (and start it)")
@@ -109,8 +111,7 @@ def get_events(
 def get_posterior(
     run_id: RunId,
     ctx: CtxDep,
-    n: Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
-                                                          "FALCON_LITE_POSTERIOR_MAX_VALUES")] = 1000,
+    n: SampleCount = 1000,
 ) -> PosteriorPublic:
     step, names, samples = queries.posterior(ctx, run_id, n)
     return PosteriorPublic(run_id=run_id, step=step, n=samples.shape[0], dim=samples.shape[1],
@@ -122,7 +123,6 @@ def get_posterior(
 def get_reference(
     run_id: RunId,
     ctx: CtxDep,
-    n: Annotated[int, Query(ge=1, le=100_000, description="samples; n x dim is capped by "
-                                                          "FALCON_LITE_POSTERIOR_MAX_VALUES")] = 1000,
+    n: SampleCount = 1000,
 ) -> ReferencePublic:
     return queries.reference(ctx, run_id, n)

@@ -88,23 +88,20 @@ function drawMarginal(c, samples, reference, j, range) {
     const x = pad + b * w, y = pad + h * (1 - v / top);
     ctx.fillRect(x, y, w, pad + h - y);
   });
-  ctx.beginPath();
-  est.forEach((v, b) => {
-    const y = pad + h * (1 - v / top);
-    if (b === 0) ctx.moveTo(pad, y); else ctx.lineTo(pad + b * w, y);
-    ctx.lineTo(pad + (b + 1) * w, y);
-  });
-  ctx.stroke();
-  if (ref) {
-    ctx.strokeStyle = REFERENCE_COLOR;
-    ctx.lineWidth = 2;
+  const outline = (counts) => {  // the histogram's top edge as one stepped line
     ctx.beginPath();
-    ref.forEach((v, b) => {
+    counts.forEach((v, b) => {
       const y = pad + h * (1 - v / top);
       if (b === 0) ctx.moveTo(pad, y); else ctx.lineTo(pad + b * w, y);
       ctx.lineTo(pad + (b + 1) * w, y);
     });
     ctx.stroke();
+  };
+  outline(est);
+  if (ref) {
+    ctx.strokeStyle = REFERENCE_COLOR;
+    ctx.lineWidth = 2;
+    outline(ref);
   }
 }
 
