@@ -42,8 +42,8 @@ RUN_BODY = {
 
 def ray_node_ports() -> list[str]:
     """Every port a Ray node would otherwise take by default (some defaults are fixed)."""
-    node_manager, object_manager, agent_http, agent_grpc, env_agent, metrics = free_ports(6)
     low, high = free_port_range()
+    node_manager, object_manager, agent_http, agent_grpc, env_agent, metrics = free_ports(6, avoid=range(low, high + 1))
     return [f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
             f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
             f"--runtime-env-agent-port={env_agent}", f"--metrics-export-port={metrics}",

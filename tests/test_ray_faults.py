@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -336,3 +337,37 @@ def test_two_deployments_on_one_cluster_never_see_each_others_runs(ray_address, 
         two.stop()
         with contextlib.suppress(StopIteration):
             next(pg)  # drops the database
+
+
+def test_a_local_head_whose_port_was_taken_meanwhile_starts_on_other_ports(monkeypatch, caplog):
+    """A port free when picked can be taken before Ray binds it (CI once lost a server's Ray so:
+    "Failed to start the grpc server. The specified port is 42625"). The head then starts
+    again on fresh ports."""
+    from falcon_lite.runtime import head
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = []
+
+    def first_pick_taken(n, avoid=range(0)):
+        ports = real_free_ports(n, avoid)
+        if not picks:
+            ports[0] = taken.getsockname()[1]  # the GCS port, held by another process's socket
+        picks.append(ports)
+        return ports
+
+    real_free_ports = head.free_ports
+    monkeypatch.setattr(head, "free_ports", first_pick_taken)
+    local = None
+    try:
+        with caplog.at_level("WARNING", logger="falcon_lite.ray"):
+            local = head.LocalHead(timeout=120)
+        assert len(picks) == 2 and local.port == picks[1][0] != picks[0][0]
+        assert local.lost() is None
+        assert "could not bind its ports (try 1 of 3)" in caplog.text
+    finally:
+        taken.close()
+        if local is not None:
+            local.stop()
+    assert not pids_mentioning(local.temp_dir)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger("falcon_lite.ray")
 
 START_TIMEOUT_S = 180.0
+_PORT_TAKEN = re.compile(r"already in use|Failed to start the grpc server|failed to bind", re.I)
 
 
 class RayUnavailable(ConnectionError):
@@ -41,8 +44,46 @@ def dies_with_us(args: list[str], sig: int) -> list[str]:
     return [sys.executable, "-I", "-c", _GUARD, str(int(sig)), str(os.getpid()), *args]
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct ports free right now."""
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports are picked below the kernel's ephemeral range: a port from there (`bind(0)`) can be
+# taken by any outgoing connection between our check and Ray's own bind, which failed a
+# head's start in CI ("Failed to start the grpc server. The specified port is 42625").
+_LOWEST = 10000
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def free_ports(n: int, avoid: range = range(0)) -> list[int]:
+    """`n` distinct ports free right now, outside `avoid` and below the ephemeral range."""
+    high = _ephemeral_low()
+    if high - _LOWEST < 10 * n:
+        return _kernel_ports(n)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    found: list[int] = []
+    for _ in range(200 * n):
+        port = rng.randrange(_LOWEST, high)
+        if port not in avoid and port not in found and _bindable(port):
+            found.append(port)
+            if len(found) == n:
+                return found
+    return _kernel_ports(n)
+
+
+def _kernel_ports(n: int) -> list[int]:
     sockets = [socket.socket() for _ in range(n)]
     try:
         for s in sockets:
@@ -54,20 +95,13 @@ def free_ports(n: int) -> list[int]:
 
 
 def free_port_range(width: int = 40) -> tuple[int, int]:
-    """A run of `width` ports above 20000 that are all free now (for Ray's worker processes)."""
-    for start in range(20000 + (os.getpid() % 300) * 100, 60000, 100):
-        held = []
-        try:
-            for port in range(start, start + width):
-                s = socket.socket()
-                held.append(s)
-                s.bind(("127.0.0.1", port))
+    """A run of `width` ports, all free now and below the ephemeral range (for Ray's workers)."""
+    high = _ephemeral_low()
+    starts = list(range(_LOWEST, max(_LOWEST, high - width), width))
+    random.Random(os.getpid() ^ time.monotonic_ns()).shuffle(starts)
+    for start in starts:
+        if all(_bindable(port) for port in range(start, start + width)):
             return start, start + width - 1
-        except OSError:
-            continue
-        finally:
-            for s in held:
-                s.close()
     raise RayUnavailable("no free port range for the local Ray's workers")
 
 
@@ -108,11 +142,25 @@ def ray_env(own_head: bool) -> dict[str, str]:
 class LocalHead:
     """A Ray head of this server's own: free ports, a private temp dir, its own session."""
 
-    def __init__(self, timeout: float = START_TIMEOUT_S):
+    def __init__(self, timeout: float = START_TIMEOUT_S, attempts: int = 3):
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            why = self._start(deadline)
+            if why is None:
+                return
+            # Another process may take a port between our check and Ray's bind: then try
+            # again on fresh ports; any other failure is reported at once.
+            if attempt == attempts or not _PORT_TAKEN.search(why) or time.monotonic() > deadline:
+                raise RayUnavailable(f"the local Ray did not start: {why}")
+            log.warning("the local Ray could not bind its ports (try %d of %d); trying others",
+                        attempt, attempts)
+
+    def _start(self, deadline: float) -> str | None:
+        """Start a head on fresh ports; None once it runs, else the tail of its log."""
         # Short: Ray's socket paths under the temp dir are limited to ~107 characters.
         self.temp_dir = tempfile.mkdtemp(prefix="flr-h-", dir="/tmp")
-        self.port, *ports = free_ports(7)
         low, high = free_port_range()
+        self.port, *ports = free_ports(7, avoid=range(low, high + 1))
         self.log_path = Path(self.temp_dir) / "head.log"
         args = [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={self.port}",
                 f"--temp-dir={self.temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
@@ -124,13 +172,13 @@ class LocalHead:
             self.proc = subprocess.Popen(dies_with_us(args, signal.SIGTERM), env=ray_env(own_head=True),
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
-        deadline = time.monotonic() + timeout
         while "Ray runtime started" not in self._log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 tail = self._log()[-2000:]
                 self.stop()
-                raise RayUnavailable(f"the local Ray did not start: {tail}")
+                return tail
             time.sleep(0.2)
+        return None
 
     @property
     def address(self) -> str:
