@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from falcon_lite.runtime.head import free_ports
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -192,9 +193,7 @@ def place_example_wheel(log=print) -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 class Stack:

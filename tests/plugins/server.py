@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from falcon_lite.runtime.head import free_ports
 from tests.plugins.db import _fresh_pg_database
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,9 +37,7 @@ START_TIMEOUT_S = 120
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]  # below the ephemeral range: no outgoing connection takes it meanwhile
 
 
 @dataclass
