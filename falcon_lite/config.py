@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Strict(BaseModel):
@@ -300,6 +301,10 @@ class TrainingConfig(Strict):
         "none", description='After the warm-up: "none" keeps lr_after_warmup; "cosine" lowers it along a half '
         "cosine to zero at the last step (for a run of known length: the last steps average out the noise "
         "of the batches).",
+    )
+    weight_decay: NonNegFloat = Field(
+        0.0, description="Adam's L2 penalty on every weight (torch.optim.Adam's weight_decay: added to the "
+        "gradient). 0: none. A flow trained many steps on a small pool overfits without it (docs/flows.md).",
     )
     diagnostics_every: PositiveInt = 1
     c2st_every: PositiveInt | None = Field(

@@ -74,6 +74,21 @@ def test_same_numbers_and_state_dict_as_torch_fused_adam(loss, dtype, options, f
             assert torch.equal(mine["state"][i][key], value)
 
 
+
+def test_make_optimizer_passes_weight_decay_to_either_adam():
+    """`make_optimizer(..., weight_decay)` (training.weight_decay): FusedAdam and the fallback
+    both get it, with torch.optim.Adam(weight_decay=...)'s numbers; a negative one is refused."""
+    ours, theirs = estimator(), estimator()
+    opt_ours = make_optimizer(ours, 1e-2, weight_decay=0.05)
+    assert isinstance(opt_ours, FusedAdam) and opt_ours.param_groups[0]["weight_decay"] == 0.05
+    train(ours, opt_ours, 20)
+    train(theirs, torch.optim.Adam(theirs.parameters(), lr=1e-2, weight_decay=0.05, fused=True), 20)
+    assert same_params(ours, theirs)
+    mixed = torch.nn.Sequential(torch.nn.Linear(2, 2, dtype=torch.float64), torch.nn.Linear(2, 2, dtype=torch.float32))
+    assert make_optimizer(mixed, 1e-3, weight_decay=0.05).param_groups[0]["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="weight decay"):
+        FusedAdam(estimator().parameters(), weight_decay=-1.0)
+
 def test_a_parameter_without_a_gradient_has_no_state_yet():
     ours, theirs = estimator(), estimator()
     opt_ours, opt_theirs = make_optimizer(ours, 1e-2), torch.optim.Adam(theirs.parameters(), lr=1e-2, fused=True)

@@ -184,6 +184,24 @@ def test_cosine_lr_decay_falls_from_lr_after_warmup_to_zero(sqlite_url):
     assert [r["lr"] for r in _run(sqlite_url, small())[1]][20:] == [1e-3] * 40
 
 
+
+def test_weight_decay_reaches_the_optimizer_changes_the_numbers_and_resumes_exactly(sqlite_url):
+    """training.weight_decay is Adam's L2 penalty: a run with it trains other numbers than one
+    without, and stopped at 37 it resumes to the numbers of one never stopped."""
+    config = small(**{"estimator.name": "flow", "training.weight_decay": 0.1})
+    assert new_state(config).optimizer.param_groups[0]["weight_decay"] == 0.1
+    straight = _run(sqlite_url, config)[1]
+    engine = make_engine(sqlite_url)
+    run_id = _stopped_at_37_and_resumed(engine, config)
+    with session_factory(engine).begin() as s:
+        assert runs.metrics_since(s, run_id, limit=None) == straight
+    engine.dispose()
+    plain = _run(sqlite_url, small(**{"estimator.name": "flow"}))[1]
+    assert plain[0]["loss"] == straight[0]["loss"]  # the same start: the decay acts from the first update
+    assert all(a["loss"] != b["loss"] for a, b in zip(plain[1:], straight[1:], strict=True))
+    with pytest.raises(ValidationError, match="weight_decay"):
+        small(**{"training.weight_decay": -0.1})
+
 _KILLED_MID_RUN = """
 import sys
 from falcon_lite.engine import inline

@@ -78,13 +78,16 @@ class FusedAdam:
     group of CPU parameters of one dtype."""
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         params = list(params)
         if not fused_kernel_supports(params):
             raise ValueError("FusedAdam needs a working torch._fused_adam_ and CPU float32/float64 parameters of one dtype")
         if not lr >= 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
-        self.param_groups = [{"params": params, "lr": lr, **GROUP_DEFAULTS, "betas": tuple(betas), "eps": eps}]
+        if not weight_decay >= 0.0:
+            raise ValueError(f"invalid weight decay: {weight_decay}")
+        self.param_groups = [{"params": params, "lr": lr, **GROUP_DEFAULTS, "betas": tuple(betas), "eps": eps,
+                              "weight_decay": float(weight_decay)}]
         self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:

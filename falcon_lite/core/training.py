@@ -31,8 +31,9 @@ from falcon_lite.core.protocols import DensityEstimator
 Optimizer = FusedAdam | torch.optim.Optimizer
 
 
-def make_optimizer(est: torch.nn.Module, lr: float) -> Optimizer:
-    """Adam over every parameter of the estimator.
+def make_optimizer(est: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> Optimizer:
+    """Adam over every parameter of the estimator, with torch's L2 `weight_decay` (added to
+    the gradient, as ``torch.optim.Adam(weight_decay=...)``; not AdamW's decoupled decay).
 
     `FusedAdam` (core/adam.py: torch's fused kernel called directly, the same numbers as
     `torch.optim.Adam(fused=True)`) where it suits the parameters; else torch's fused Adam
@@ -40,11 +41,11 @@ def make_optimizer(est: torch.nn.Module, lr: float) -> Optimizer:
     """
     params = list(est.parameters())
     if fused_kernel_supports(params):
-        return FusedAdam(params, lr=lr)
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
     try:
-        return torch.optim.Adam(params, lr=lr, fused=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, ValueError):
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def set_lr(opt: Optimizer, lr: float) -> None:

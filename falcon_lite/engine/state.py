@@ -125,7 +125,7 @@ def new_state(config: RunConfig) -> RunState:
         if not torch.cuda.is_available():
             raise ValueError("training.device = 'cuda', but torch sees no CUDA device where this trainer runs")
         estimator.to(device)
-    optimizer = make_optimizer(estimator, config.training.lr)
+    optimizer = make_optimizer(estimator, config.training.lr, config.training.weight_decay)
     truth = simulator.true_posterior(prior)
     quota = None
     if config.buffer.prior_fraction == "adaptive":
