@@ -164,6 +164,11 @@ class EstimatorConfig(Strict):
     )
     transforms: PositiveInt = Field(3, description='name = "flow": the number of autoregressive transforms.')
     bins: Annotated[int, Field(ge=2)] = Field(8, description='name = "flow", flow = "nsf": spline bins.')
+    passes: Annotated[int, Field(ge=2)] | None = Field(
+        None, description='name = "flow": the sequential passes of each transform\'s inverse (sampling). null: one '
+        "per parameter (fully autoregressive); 2: a coupling flow (half the parameters condition the other half), "
+        "whose sampling costs two passes whatever the dimension.",
+    )
 
     @model_validator(mode="after")
     def _base_is_for_the_posterior(self) -> EstimatorConfig:
@@ -191,7 +196,7 @@ class EstimatorConfig(Strict):
                         "-log q(theta | x) and its width is the flow's own (use normalize for standardisation)"
                     )
         else:
-            for name in ("flow", "transforms", "bins"):
+            for name in ("flow", "transforms", "bins", "passes"):
                 if getattr(self, name) != fields[name].default:
                     raise ValueError(f"{name} applies to estimator 'flow' only, not {self.name!r}")
         return self

@@ -327,13 +327,37 @@ def test_config_rejects_what_a_flow_does_not_use(options, message):
 
 
 def test_config_flow_fields_are_for_the_flow_only():
-    assert EstimatorConfig().model_dump() == {**EstimatorConfig().model_dump(), "flow": "nsf", "transforms": 3, "bins": 8}
+    assert EstimatorConfig().model_dump() == {**EstimatorConfig().model_dump(), "flow": "nsf", "transforms": 3, "bins": 8,
+                                               "passes": None}
     with pytest.raises(ValidationError, match="applies to estimator 'flow' only"):
         EstimatorConfig(name="gaussian_ema", bins=4)
     cfg = EstimatorConfig(name="flow", flow="maf", transforms=2)
     est = make_estimator(cfg, 2, make_prior(PriorConfig(), 2), torch.Generator().manual_seed(0))
     assert isinstance(est, FlowPosterior)
 
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_coupling_flow_conditions_half_the_parameters_on_the_other_half_and_inverts(kind):
+    """estimator.passes = 2: each transform's output i depends on the inputs of the other half
+    only (its Jacobian in u is zero within a half, where the fully autoregressive one's is not),
+    so its inverse takes two passes; draws map back to their noise, and the option is the flow's."""
+    x = torch.tensor([[0.3, -0.2, 0.1, 0.5]], dtype=torch.float64)
+    u = torch.tensor([0.1, -0.4, 0.7, 0.2], dtype=torch.float64)
+    jacobians = {}
+    for passes in (None, 2):
+        est, _, _ = trained(flow(kind, 4, transforms=1, passes=passes, dtype="float64"), steps=3)
+        transform = est.flow(est._context(x)).transform
+        jacobians[passes] = torch.autograd.functional.jacobian(lambda v: transform(v.unsqueeze(0))[0], u)
+        z = torch.randn(64, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(transform(transform.inv(z)), z, atol=1e-8)
+    coupled = jacobians[2].abs() > 0
+    assert coupled.diagonal().all() and coupled.sum() == 4 + 4  # the diagonal and one 2 x 2 block
+    assert (jacobians[None].abs() > 0).sum() == 4 + 6  # the diagonal and every pair on one side
+    with pytest.raises(ValidationError, match="applies to estimator 'flow' only"):
+        EstimatorConfig(name="gaussian_ema", passes=2)
+    with pytest.raises(ValidationError, match="passes"):
+        EstimatorConfig(name="flow", passes=1)
 
 def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
     """A 300-step run (100 prior-only warm-up steps) stopped at step 150 and resumed equals one never stopped."""

@@ -2,7 +2,8 @@
 
 The flow maps standardised parameters u = (theta - m_theta) / s_theta to a standard normal
 z = f(u; c) through ``transforms`` autoregressive transforms (rational-quadratic splines
-with ``bins`` bins for ``"nsf"``, affine for ``"maf"``), each conditioned on the embedded,
+with ``bins`` bins for ``"nsf"``, affine for ``"maf"``; coupling ones with ``passes = 2``),
+each conditioned on the embedded,
 standardised observation c = e((x - m_x) / s_x) ``(n, features)``: x of any shape, standardised
 per value, then the ``estimator.embedding`` e (core/embeddings.py: identity = x flattened, mlp,
 cnn1d or a plugin), trained with the flow. By the change of variables
@@ -44,13 +45,16 @@ FLOWS = {"nsf": zuko.flows.NSF, "maf": zuko.flows.MAF}
 
 
 def build_flow(kind: str, dim: int, x_dim: int, transforms: int, hidden: list[int], activation: str,
-               bins: int, dtype: torch.dtype, generator: torch.Generator | None) -> nn.Module:
-    """zuko's conditional flow over ``dim`` features with ``x_dim`` context features.
+               bins: int, dtype: torch.dtype, generator: torch.Generator | None, passes: int | None = None) -> nn.Module:
+    """zuko's conditional flow over ``dim`` features with ``x_dim`` context features; `passes`
+    (zuko's): None is fully autoregressive, 2 a coupling flow.
 
     zuko initialises from torch's global generator: with `generator`, the construction runs
     in a forked global state seeded from it, so the weights follow the generator alone.
     """
     kwargs = {"hidden_features": list(hidden), "activation": ACTIVATIONS[activation]}
+    if passes is not None:  # (not passed otherwise: zuko's default, and the old numbers)
+        kwargs["passes"] = passes
     if kind == "nsf":
         kwargs["bins"] = bins
     if generator is None:
@@ -91,7 +95,7 @@ class FlowPosterior(nn.Module):
                                     embedding_plugin)
             features = made.features
         self.flow = build_flow(cfg.flow, dim, features, cfg.transforms, list(cfg.hidden), cfg.activation,
-                               cfg.bins, self.dtype, generator)
+                               cfg.bins, self.dtype, generator, cfg.passes)
         # after the flow, so that a flow on x itself (identity: no weights) keeps its numbers
         self.embedding = made or embeddings.build(cfg.embedding, self.x_shape, cfg.activation, self.dtype,
                                                   generator)
