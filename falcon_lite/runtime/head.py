@@ -54,8 +54,9 @@ def _ephemeral_low() -> int:
 
 # Ports are picked below the kernel's ephemeral range: a port from there (`bind(0)`) can be
 # taken by any outgoing connection between our check and Ray's own bind, which failed a
-# head's start in CI ("Failed to start the grpc server. The specified port is 42625").
-_LOWEST = 10000
+# head's start in CI ("Failed to start the grpc server. The specified port is 42625"); and
+# above 20000, since any other Ray's workers take ports of 10002-19999 by default.
+_LOWEST = 20000
 
 
 def _bindable(port: int) -> bool:
