@@ -1,7 +1,8 @@
 """Stored runs survive the upgrade: a SQLite database written at schema revision 0001 by the
 code before the store/runtime redesign (tests/data/stored_0001.sqlite3, made by
 tests/data/make_stored_0001.py at commit 6e18932) is migrated to head, still displays, and
-its stopped run resumes to the very numbers a run never stopped gives today."""
+its stopped run resumes to the very numbers a run never stopped gives today (bit for bit on
+a CPU that reproduces the stored steps, to the golden test's tolerance on others)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from falcon_lite.engine.resume import load_state
 from falcon_lite.store import runs
 from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import SCHEMA_REVISION, current_revision, make_engine, migrate, session_factory
+from tests.test_golden import same
 
 STORED = Path(__file__).resolve().parent / "data" / "stored_0001.sqlite3"
 
@@ -46,5 +48,12 @@ def test_a_database_from_before_the_redesign_migrates_displays_and_resumes(tmp_p
     assert rows[:30] == before
     run_inline(engine, straight)
     with session_factory(engine).begin() as s:
-        assert runs.metrics_since(s, straight, limit=None) == rows
+        never_stopped = runs.metrics_since(s, straight, limit=None)
     engine.dispose()
+    # Bit for bit where this CPU reproduces the stored steps themselves (the machine that wrote
+    # the file; CI's); elsewhere torch's kernels differ in the last bits from step 0 (1e-13 on
+    # an AVX-512 machine), and the numbers must agree as the golden test's fallback asks.
+    exact = never_stopped[:30] == before
+    assert len(never_stopped) == len(rows) == 60
+    for new, old in zip(never_stopped, rows, strict=True):
+        assert all(same(new.get(k), old.get(k), exact) for k in set(new) | set(old)), (old["step"], new, old)
