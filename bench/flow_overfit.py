@@ -5,7 +5,8 @@ sbibm's gaussian_linear (ten parameters, prior and noise variance 0.1) has an ex
 posterior, so the distance needs no classifier: KL(p || q) at sbibm's observation, by Monte
 Carlo over 4000 draws of the exact posterior p, with q the trained flow's log density. The pool
 is `--pool` simulations from the prior (one seed), and every flow trains on it alone, without a
-proposal: falcon-lite's (the bench's: NSF, 5 transforms, 2 x 50, 10 bins, standardised, float32)
+proposal: falcon-lite's (the sbi bench's size: NSF, 5 autoregressive transforms, 2 x 50, 10 bins,
+standardised, float32)
 for each `--steps` on batches of 256, Adam at 2e-3 falling along a cosine, with and without
 `--weight-decay`; then sbi 0.27's NPE, one round on the same pool, trained as its `train()`
 does by default (early stopping on a 10 % validation split). One thread.
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sbibm_refs  # noqa: E402  (bench/sbibm_refs.py)
+from sbibm import SBI_NSF  # noqa: E402  (bench/sbibm.py: sbi's default NSF size)
 
 VAR = 0.1  # sbibm's prior and noise variance
 DIM = 10
@@ -106,7 +108,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         prior = torch.distributions.MultivariateNormal(torch.zeros(DIM), VAR * torch.eye(DIM))
         inference = NPE(prior=prior, show_progress_bars=False,
-                        density_estimator=posterior_nn(model="nsf", hidden_features=50, num_transforms=5, num_bins=10))
+                        density_estimator=posterior_nn(model="nsf", **SBI_NSF))
         start = time.process_time()
         estimator = inference.append_simulations(theta32, x32).train()
         cpu = time.process_time() - start

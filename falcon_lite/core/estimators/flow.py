@@ -3,10 +3,9 @@
 The flow maps standardised parameters u = (theta - m_theta) / s_theta to a standard normal
 z = f(u; c) through ``transforms`` autoregressive transforms (rational-quadratic splines
 with ``bins`` bins for ``"nsf"``, affine for ``"maf"``; coupling ones with ``passes = 2``),
-each conditioned on the embedded,
-standardised observation c = e((x - m_x) / s_x) ``(n, features)``: x of any shape, standardised
-per value, then the ``estimator.embedding`` e (core/embeddings.py: identity = x flattened, mlp,
-cnn1d or a plugin), trained with the flow. By the change of variables
+each conditioned on the embedded, standardised observation c = e((x - m_x) / s_x)
+``(n, features)``: x of any shape, standardised per value, then the ``estimator.embedding``
+e (core/embeddings.py: identity = x flattened, mlp, cnn1d or a plugin), trained with the flow. By the change of variables
 
     log q(theta | x) = log N(f(u; c); 0, I) + log |det df/du| - sum_d log s_theta_d.
 
