@@ -149,6 +149,52 @@ def test_the_identity_embedding_leaves_the_flow_as_it_was():
     assert all(torch.equal(a, b) for a, b in zip(est.flow.parameters(), bare.parameters()))
 
 
+@pytest.mark.parametrize("passes", [None, 2])
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_the_nsf_is_zukos_with_its_knots_built_faster(passes, dtype):
+    """`flow = "nsf"` builds zuko's NSF with our `Spline`: the same weights from the same generator
+    (so stored checkpoints load and mean what they meant), and the same log q and draws as
+    zuko's own NSF with those weights, to rounding, on trained weights whose splines bend."""
+    import zuko
+
+    from falcon_lite.core.estimators.flow import build_flow
+
+    dt = DTYPES[dtype]
+    ours = build_flow("nsf", 3, 4, 3, [16, 16], "relu", 10, dt, torch.Generator().manual_seed(1), passes)
+    theirs = zuko.flows.NSF(3, 4, transforms=3, hidden_features=[16, 16], activation=torch.nn.ReLU, bins=10,
+                            **({} if passes is None else {"passes": passes})).to(dt)
+    theirs.load_state_dict(ours.state_dict())  # zuko's class takes our state dict as it is
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dt))
+    theirs.load_state_dict(ours.state_dict())
+    theta, x = 2 * torch.randn(500, 3, generator=gen, dtype=dt), torch.randn(500, 4, generator=gen, dtype=dt)
+    z = torch.randn(500, 3, generator=gen, dtype=dt)
+    tol = {"float64": 1e-10, "float32": 1e-3}[dtype]
+    with torch.no_grad():
+        ours_log_q, theirs_log_q = ours(x).log_prob(theta), theirs(x).log_prob(theta)
+        assert theirs_log_q.std() > 1.0  # a flow far from the identity
+        torch.testing.assert_close(ours_log_q, theirs_log_q, rtol=0, atol=tol)
+        torch.testing.assert_close(ours(x).transform.inv(z), theirs(x).transform.inv(z), rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_draws_come_with_their_log_prob(kind, dtype):
+    """`sample_and_log_prob` (a truncated proposal's region): `sample`'s draws for the same
+    generator, with log q equal to `log_prob` of them."""
+    est, _, _ = trained(flow(kind, 3, dtype=dtype), steps=20)
+    x_obs = np.array([2.5, 0.3, -0.4])
+    theta, log_q = est.sample_and_log_prob(x_obs, 2000, torch.Generator().manual_seed(5))
+    assert theta.shape == (2000, 3) and log_q.shape == (2000,) and theta.dtype == log_q.dtype == np.float64
+    np.testing.assert_array_equal(theta, est.sample(x_obs, 2000, torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        expected = est.log_prob(theta, np.tile(x_obs, (2000, 1))).double().numpy()
+    assert np.ptp(expected) > 1.0
+    np.testing.assert_allclose(log_q, expected, rtol=0, atol={"float64": 1e-10, "float32": 1e-3}[dtype])
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dim", [1, 3])
 def test_gradients_reach_every_parameter(kind, dim):

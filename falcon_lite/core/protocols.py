@@ -101,3 +101,8 @@ class DensityEstimator(Protocol):
     def log_prob(self, theta, x) -> torch.Tensor:
         """``(n,)`` log q(theta_i | x_i)."""
         ...
+
+    def sample_and_log_prob(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """n draws ``(n, D)`` from q(theta | x_obs) and their log q ``(n,)``, float64 (a truncated
+        proposal's region needs both)."""
+        ...

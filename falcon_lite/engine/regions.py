@@ -66,8 +66,8 @@ def truncated_prior(estimator, config: RunConfig, prior: Prior, x_obs: np.ndarra
         with torch.no_grad():
             return estimator.log_prob(theta, np.repeat(x_obs, len(theta), axis=0)).to(torch.float64).numpy()
 
-    draws = estimator.sample(x_obs[0], p.region_draws, torch.Generator().manual_seed(REGION_SEED))
-    return TruncatedPrior(prior, log_q, hpd_threshold(log_q(draws), p.hpd_epsilon))
+    _, log_q_draws = estimator.sample_and_log_prob(x_obs[0], p.region_draws, torch.Generator().manual_seed(REGION_SEED))
+    return TruncatedPrior(prior, log_q, hpd_threshold(log_q_draws, p.hpd_epsilon))
 
 
 class RegionCache:
