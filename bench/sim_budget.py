@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import time
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
-from falcon_lite.engine.inline import run_inline
+from falcon_lite.engine.inline import run_inline, scratch_run
 from falcon_lite.store import runs
-from falcon_lite.store.db import make_engine, migrate, session_factory
+from falcon_lite.store.db import session_factory
 
 BAND = (0.8, 1.25)
 FRESH = {"buffer.simulations_per_step": 128}
@@ -63,18 +62,12 @@ def run_setup(overrides: dict, seed: int, steps: int) -> tuple[int | None, float
     """(simulations to settled | None, final std_ratio, wall seconds) of one inline run."""
     config = with_overrides(RunConfig(), {**overrides, "buffer.prior_fraction": 0.2, "training.seed": seed,
                                           "training.steps": steps})
-    with tempfile.TemporaryDirectory(prefix="flr-budget-") as tmp:
-        url = f"sqlite:///{tmp}/run.db"
-        migrate(url)
-        engine = make_engine(url)
-        with session_factory(engine).begin() as s:
-            run_id = runs.create_run(s, config).id
+    with scratch_run(config, prefix="flr-budget-") as (engine, run_id):
         started = time.perf_counter()
         run_inline(engine, run_id)
         wall = time.perf_counter() - started
         with session_factory(engine).begin() as s:
             rows = runs.metrics_since(s, run_id, names=["std_ratio"], limit=None)
-        engine.dispose()
     steps_ = np.array([r["step"] for r in rows])
     ratio = np.array([np.nan if r["std_ratio"] is None else r["std_ratio"] for r in rows])
     step = settled_step(steps_, ratio)
@@ -89,8 +82,8 @@ def main() -> None:
     parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"| setup | seeds settled | simulations to calibrated (median; per seed) | final std_ratio (median) "
-          f"| wall s per run |\n|---|---|---|---|---|")
+    print("| setup | seeds settled | simulations to calibrated (median; per seed) | final std_ratio (median) "
+          "| wall s per run |\n|---|---|---|---|---|")
     for name in args.setups:
         found = [run_setup(SETUPS[name], seed, args.steps) for seed in range(args.seeds)]
         sims = [s for s, _, _ in found]

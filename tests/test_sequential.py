@@ -122,31 +122,24 @@ def test_a_truncated_proposal_needs_an_estimator_with_a_density():
         with_overrides(two_moons(), {"proposal.discard_log_ratio": -5.0})
 
 
-def run_rows(tmp_path, config):
-    from falcon_lite.engine.inline import run_inline
+def run_rows(config):
+    from falcon_lite.engine.inline import run_inline, scratch_run
     from falcon_lite.store import runs
-    from falcon_lite.store.db import make_engine, migrate, session_factory
+    from falcon_lite.store.db import session_factory
 
-    url = f"sqlite:///{tmp_path / 'seq.db'}"
-    migrate(url)
-    engine = make_engine(url)
-    try:
-        with session_factory(engine).begin() as s:
-            run_id = runs.create_run(s, config).id
+    with scratch_run(config, prefix="flr-seq-") as (engine, run_id):
         run_inline(engine, run_id)
         with session_factory(engine).begin() as s:
             assert runs.get_run(s, run_id).status == "completed"
             return runs.metrics_since(s, run_id, limit=None)
-    finally:
-        engine.dispose()
 
 
-def test_sample_checks_land_in_metrics_rows_at_their_cadence(tmp_path):
+def test_sample_checks_land_in_metrics_rows_at_their_cadence():
     """c2st (the problem has reference samples), TARP and HPD coverage on VALIDATION rows, and
     the marginals: at steps 0, 4 and the last one (diagnostics otherwise every 10 steps)."""
     config = two_moons(**{"training.steps": 7, "training.c2st_every": 4, "training.coverage_every": 4,
                           "training.diagnostics_every": 10, "buffer.validation_size": 32})
-    rows = run_rows(tmp_path, config)
+    rows = run_rows(config)
     assert [r["step"] for r in rows] == [0, 4, 6]
     for row in rows:
         assert 0.0 <= row["c2st"] <= 1.0 and 0.0 <= row["tarp_error"] <= 1.0 and 0.0 <= row["hpd_error"] <= 1.0
@@ -166,11 +159,11 @@ SEQUENTIAL = {"problem": {"name": "gaussian_linear", "params": {"dim": 2}},
                            "diagnostics_every": 50, "c2st_every": 1000}}
 
 
-def test_a_sequential_flow_run_reaches_the_known_posterior(tmp_path):
+def test_a_sequential_flow_run_reaches_the_known_posterior():
     """gaussian_linear (2-D, exact Gaussian posterior with reference samples): 50 prior-only
     steps, then 250 rounds, each drawing 90 % of its batch from the truncated prior of the newest
     weights; the estimate at x_obs is told from the reference by C2ST no better than 0.6."""
-    rows = run_rows(tmp_path, RunConfig.model_validate(SEQUENTIAL))
+    rows = run_rows(RunConfig.model_validate(SEQUENTIAL))
     assert rows[-1]["step"] == 299
     assert rows[-1]["prior_drawn_share"] < 0.3  # most rows came from the proposal rounds
     assert rows[-1]["c2st"] <= 0.6, rows[-1]

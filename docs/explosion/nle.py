@@ -13,26 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 
 from falcon_lite.config import RunConfig, with_overrides
-from falcon_lite.engine.inline import run_inline
+from falcon_lite.engine.inline import load_state, run_inline, scratch_run
 from falcon_lite.store import runs
-from falcon_lite.store.db import make_engine, migrate, session_factory
+from falcon_lite.store.db import session_factory
 
 
 def one(seed: int, steps: int) -> dict:
     config = with_overrides(RunConfig(), {"estimator.name": "gaussian_nle", "buffer.prior_fraction": 0.0,
                                           "training.seed": seed, "training.steps": steps})
-    with tempfile.TemporaryDirectory(prefix="flr-nle-") as tmp:
-        url = f"sqlite:///{tmp}/nle.db"
-        migrate(url)
-        engine = make_engine(url)
-        with session_factory(engine).begin() as s:
-            run_id = runs.create_run(s, config).id
+    with scratch_run(config, prefix="flr-nle-") as (engine, run_id):
         try:
             state = run_inline(engine, run_id)
             error = None
@@ -40,11 +34,8 @@ def one(seed: int, steps: int) -> dict:
             state, error = None, f"{type(exc).__name__}: {exc}"
         with session_factory(engine).begin() as s:
             last = runs.metrics_since(s, run_id, since_step=steps - 2, limit=None)
-            if state is None:
-                from falcon_lite.engine.inline import load_state
-
-                state = load_state(engine, run_id)
-        engine.dispose()
+        if state is None:
+            state = load_state(engine, run_id)
     with torch.no_grad():
         g = state.estimator.head.mean(torch.tensor([[0.0], [1.0]], dtype=state.estimator.head.dtype))[:, 0]
     row = last[-1] if last else {}

@@ -15,7 +15,9 @@ a resume simulates again (the streams are a function of seed and step).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
@@ -32,11 +34,31 @@ from falcon_lite.store.dialects import dialect_for
 from falcon_lite.store.status import RunStatus
 
 if TYPE_CHECKING:
+    from falcon_lite.config import RunConfig
     from falcon_lite.engine.state import RunState
 
 GROUP_COMMIT_S: float | None = None  # where the database groups commits: this age instead of its own
 FLUSH_EVERY_S = 1.0  # metrics reach the database (and a live watcher) at least this often
 HEARTBEAT_S = 1.0  # the run's mirror records the version it holds at least this often
+
+
+@contextmanager
+def scratch_run(config: RunConfig, prefix: str = "flr-run-") -> Iterator[tuple[sa.Engine, int]]:
+    """(engine, run id) of a run of `config` created in a new SQLite file (migrated) in a
+    temporary folder, for a process that runs one config inline and keeps only what it reads
+    back (a stress job, a bench); the engine is disposed and the folder removed on the way out."""
+    from falcon_lite.store.db import make_engine, migrate
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        url = f"sqlite:///{tmp}/run.db"
+        migrate(url)
+        engine = make_engine(url)
+        try:
+            with session_factory(engine).begin() as session:
+                run_id = runs.create_run(session, config).id
+            yield engine, run_id
+        finally:
+            engine.dispose()
 
 
 def run_inline(

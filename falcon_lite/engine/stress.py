@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -50,30 +49,22 @@ def run_job(job: dict) -> dict:
     """Run one (overrides, seed) job in this process; returns its results row and series."""
     import torch
 
-    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.engine.inline import run_inline, scratch_run
     from falcon_lite.engine.loop import RunDiverged
     from falcon_lite.store import runs
-    from falcon_lite.store.db import make_engine, migrate, session_factory
+    from falcon_lite.store.db import session_factory
 
     torch.set_num_threads(1)
     config = RunConfig.model_validate(job["config"])
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="flr-stress-") as tmp:
-        url = f"sqlite:///{tmp}/run.db"
-        migrate(url)
-        engine = make_engine(url)
+    with scratch_run(config, prefix="flr-stress-") as (engine, run_id):
         try:
-            with session_factory(engine).begin() as session:
-                run_id = runs.create_run(session, config).id
-            try:
-                run_inline(engine, run_id)
-            except RunDiverged:
-                pass  # recorded as failed on the run; its metrics so far say `diverged`
-            with session_factory(engine).begin() as session:
-                rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, *SAMPLED, "prior_drawn_share",
-                                                                 "rollbacks"], limit=None)
-        finally:
-            engine.dispose()
+            run_inline(engine, run_id)
+        except RunDiverged:
+            pass  # recorded as failed on the run; its metrics so far say `diverged`
+        with session_factory(engine).begin() as session:
+            rows = runs.metrics_since(session, run_id, names=[*SERIES, *COVERAGE, *SAMPLED, "prior_drawn_share",
+                                                             "rollbacks"], limit=None)
     steps = np.array([r["step"] for r in rows])
     series = {name: np.array([np.nan if r.get(name) is None else r[name] for r in rows]) for name in SERIES}
     if rows:
