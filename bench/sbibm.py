@@ -90,7 +90,8 @@ def plan(budget: int) -> tuple[int, int]:
     return per_batch, steps_per_batch
 
 
-def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | None = None) -> dict:
+def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | None = None,
+                  steps_per_batch: int | None = None) -> dict:
     """falcon-lite's run config (JSON) for `task` at `x_obs` on `budget` simulations.
 
     The flow is sbi's default NSF in size and kind (5 coupling transforms, 2 x 50 hidden, 10
@@ -102,9 +103,11 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
     batches, with a prior quota of 25 %. Adam at 2e-3 through the warm-up, then falling along
     a cosine to zero at the last step, with an L2 weight decay of 0.1 throughout (without it the
     flow overfits the pool in ten dimensions: bench/flow_overfit.py). Every simulation stays in the training pool
-    (max_training = budget), as sbi keeps all its rounds. `overrides` merge in last (`deep_merge`).
+    (max_training = budget), as sbi keeps all its rounds. `steps_per_batch` replaces the plan's k
+    (the steps, warm-up and region cadence follow it); `overrides` merge in last (`deep_merge`).
     """
     per_batch, k = plan(budget)
+    k = steps_per_batch or k
     steps = budget // per_batch * k
     config = {
         "name": f"sbibm-{task}-{budget}-{seed}",
@@ -269,6 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="two_moons, obs 1, budget 1000, seed 0")
     p.add_argument("--rounds", type=int, default=None, help=f"sbi's rounds (default by budget: {ROUNDS}, else 2)")
     p.add_argument("--falcon-config", default="{}", help="JSON merged into falcon-lite's run config")
+    p.add_argument("--steps-per-batch", type=int, default=None,
+                   help=f"falcon-lite's optimizer steps per simulated batch (default: the plan's, {PLANS})")
     p.add_argument("--sbi-train", default="{}", help="JSON keyword arguments of sbi's train()")
     p.add_argument("--draws", type=int, default=DRAWS)
     p.add_argument("--cache", type=Path, default=sbibm_refs.CACHE, help="where the sbibm wheel is kept")
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                     for seed in args.seeds:
                         for side in args.sides:
                             if side == "falcon":
-                                config = falcon_config(task, x_obs, budget, seed, overrides)
+                                config = falcon_config(task, x_obs, budget, seed, overrides, args.steps_per_batch)
                                 if simulations_of(config) != budget:
                                     raise SystemExit(f"the falcon-lite config spends {simulations_of(config)} "
                                                      f"simulations, not the budget {budget}")

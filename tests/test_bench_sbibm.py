@@ -79,6 +79,14 @@ def test_falcon_config_takes_overrides_section_by_section():
         sbibm.plan(1005)
 
 
+def test_falcon_config_with_fewer_steps_per_batch_spends_the_same_budget():
+    config = sbibm.falcon_config("two_moons", [0.0, 0.0], 1000, 0, steps_per_batch=5)
+    run = RunConfig.model_validate(config)
+    assert sbibm.simulations_of(config) == 1000
+    assert (run.runtime.steps_per_batch, run.training.steps, run.training.warmup_steps) == (5, 500, 200)
+    assert run.proposal.region_every == 20  # a region every four batches, as with the plan's k
+
+
 def test_table_on_made_up_numbers():
     records = [{"task": "slcp", "obs": 1, "budget": 1000, "seed": s, "side": side, "c2st": c, "wall_s": w,
                 "cpu_s": w / 2}
