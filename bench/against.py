@@ -10,9 +10,14 @@ machine hits both alike):
   append, a 1024 pool, 256 validation, 20 % prior), the p50 of one append with the mirror
   following it (the trainer's hot path), of a mirror sync after an append, and of a batch draw.
 
+With ``--sbibm TASK ...`` it measures instead the CPU seconds of falcon-lite's side of
+bench/sbibm.py (this tree's config for the task, sbibm's observation 1, budget 1000, seed 0,
+`--steps-per-batch` as given) from run creation to the final flow, without the C2ST.
+
 Prints each figure's median per tree and new/old (below 1: the new code is faster).
 
     .venv/bin/python bench/against.py [--ref 6e18932] [--rounds 3] [--steps 1000] [--rows 20000]
+    .venv/bin/python bench/against.py --ref 0d87ec9 --sbibm two_moons gaussian_linear [--steps-per-batch 10]
 """
 
 from __future__ import annotations
@@ -82,6 +87,33 @@ def measure(steps: int, rows: int) -> dict[str, float]:
     return out
 
 
+def measure_sbibm(tasks: list[str], steps_per_batch: int | None) -> dict[str, float]:
+    """Run in a child process: CPU seconds of one falcon-lite bench run per task (bench/sbibm.py's)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    sys.path.insert(1, str(ROOT / "bench"))
+    import sbibm
+    import sbibm_refs
+
+    from falcon_lite.store.db import make_engine, migrate
+
+    torch.set_num_threads(1)
+    refs = sbibm_refs.References(sbibm_refs.wheel())
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="flr-against-") as tmp:
+        url = f"sqlite:///{tmp}/bench.db"
+        migrate(url)
+        engine = make_engine(url)
+        for task in tasks:
+            config = sbibm.falcon_config(task, refs.observation(task, 1), 1000, 0, None, steps_per_batch)
+            sbibm.warm_reference(config)
+            out[f"sbibm {task} falcon-lite CPU s"] = sbibm.run_falcon(engine, config, 10, 0)[1]["cpu_s"]
+        engine.dispose()
+    refs.close()
+    return out
+
+
 def _buffer(engine, run_id, sizes):
     """(store, mirror, append(rng, follow=False)) on either side of the redesign's API."""
     import numpy as np
@@ -125,11 +157,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--sbibm", nargs="+", default=None, metavar="TASK",
+                        help="measure falcon-lite's side of bench/sbibm.py on these tasks instead")
+    parser.add_argument("--steps-per-batch", type=int, default=None, help="with --sbibm: falcon-lite's k")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.steps, args.rows)))
+        print(json.dumps(measure_sbibm(args.sbibm, args.steps_per_batch) if args.sbibm
+                         else measure(args.steps, args.rows)))
         return
+    passed = ["--steps", str(args.steps), "--rows", str(args.rows)]
+    if args.sbibm:
+        passed += ["--sbibm", *args.sbibm]
+        if args.steps_per_batch:
+            passed += ["--steps-per-batch", str(args.steps_per_batch)]
     with tempfile.TemporaryDirectory(prefix="flr-ref-") as tmp:
         old = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(old), args.ref], check=True)
@@ -139,9 +180,8 @@ def main() -> None:
                 order = [("old", old), ("new", ROOT)]
                 for label, tree in order if round_ % 2 == 0 else order[::-1]:
                     env = {**os.environ, "PYTHONPATH": str(tree)}
-                    done = subprocess.run([sys.executable, __file__, "--measure", "--steps", str(args.steps),
-                                           "--rows", str(args.rows)], env=env, cwd=tree, check=True,
-                                          capture_output=True, text=True)
+                    done = subprocess.run([sys.executable, __file__, "--measure", *passed], env=env, cwd=tree,
+                                          check=True, capture_output=True, text=True)
                     for name, value in json.loads(done.stdout.splitlines()[-1]).items():
                         figures[label].setdefault(name, []).append(value)
                     print(f"round {round_ + 1}: {label} measured", file=sys.stderr, flush=True)

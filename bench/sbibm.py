@@ -78,7 +78,9 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
-PLANS = {1000: (10, 10), 10_000: (25, 10)}  # budget: (simulations per batch, optimizer steps per batch)
+# budget: (simulations per batch, optimizer steps per batch). At 1000, k = 5 gave the C2ST of k = 10
+# on two_moons, slcp and gaussian_linear in 0.6-0.8 of the CPU time (docs/flows.md)
+PLANS = {1000: (10, 5), 10_000: (25, 10)}
 
 
 def plan(budget: int) -> tuple[int, int]:
@@ -96,8 +98,9 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
 
     The flow is sbi's default NSF in size and kind (5 coupling transforms, 2 x 50 hidden, 10
     bins, ReLU), standardised, in float32 (as sbi's). The budget is simulated in batches (`plan`: 100
-    batches of 10 at 1000, 400 of 25 at 10 000) with k = 10 optimizer steps on each (batch
-    256 from the pool), so a run is ``budget / per_batch x k`` steps (1000 and 4000). The first 40 % of the steps
+    batches of 10 at 1000, 400 of 25 at 10 000) with k optimizer steps on each (5 at 1000, 10 at
+    10 000; batch 256 from the pool), so a run is ``budget / per_batch x k`` steps (500 and
+    4000). The first 40 % of the steps
     draw from the prior (the warm-up); after it, TSNPE (``proposal.method = "truncated"``): the
     prior restricted to the flow's highest-density region at x_obs, a new region every 4
     batches, with a prior quota of 25 %. Adam at 2e-3 through the warm-up, then falling along
