@@ -38,7 +38,8 @@ def configure_torch() -> None:
     into the subnormal range, where an x86 CPU multiplies many times slower: bench/sbibm.py's
     two_moons at 10 000 simulations (weight decay 0.1, 4000 steps) took 130 s of CPU with them
     and 59 s without (docs/flows.md). Every process of a run sets the same, so a resumed run and
-    a Ray run still draw what an inline run draws."""
+    a Ray run still draw what an inline run draws. The user's simulator is called with them kept
+    (`engine.loop.subnormals_kept`)."""
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
 

@@ -80,7 +80,7 @@ class SimulatorActor:
         """Chunk `k` of the proposed batch (the whole batch unless `runtime.simulation_chunk`)."""
         self.calls += 1
         if "torch" in sys.modules:  # a registered simulator may have loaded it (microseconds)
-            configure_torch()
+            sys.modules["torch"].set_num_threads(1)
         node = ray.get_runtime_context().get_node_id()
         try:
             if self.fail_every and self.calls % self.fail_every == 0:
