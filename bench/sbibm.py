@@ -290,12 +290,13 @@ def main(argv: list[str] | None = None) -> None:
         args.tasks, args.obs, args.budgets, args.seeds = ["two_moons"], [1], [1000], [0]
     overrides, sbi_train = json.loads(args.falcon_config), json.loads(args.sbi_train)
 
+    import torch
+
     from falcon_lite import plugins
     from falcon_lite.core.diagnostics_samples import c2st
-    from falcon_lite.core.training import configure_torch
     from falcon_lite.store.db import make_engine, migrate
 
-    configure_torch()  # one thread, subnormals flushed: both sides alike (a falcon-lite run sets it too)
+    torch.set_num_threads(1)  # both sides alike (a falcon-lite run sets it too)
     refs = sbibm_refs.References(sbibm_refs.wheel(args.cache))
     with tempfile.TemporaryDirectory(prefix="flr-sbibm-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
-import pytest
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.priors import make_prior
@@ -86,27 +85,3 @@ def test_the_book_hands_on_whole_batches_in_launch_order_with_failed_chunks_mark
     assert [(b.proposed, b.fraction, b.parts, b.failed) for b in whole] == [
         ("p0", 0.0, ["0.0", "0.1"], []), ("p2", 0.2, [None, "2.1"], [0])]
     assert len(book) == 0 and book.load == [0, 0] and book.whole() == []
-
-
-def test_the_simulator_keeps_subnormal_floats_that_training_flushes():
-    """A run's process flushes subnormal floats to zero for the network; the user's simulator,
-    called in that process (the inline runtime), computes as it would on its own."""
-    import torch
-
-    from falcon_lite.core.training import configure_torch
-
-    tiny = np.array([1e-40], dtype=np.float32)  # below float32's smallest normal number
-    seen = []
-
-    def simulator(theta, stream):
-        seen.append(float((tiny * np.float32(1.0))[0]))
-        return theta.copy()
-
-    _, batch = proposed()
-    configure_torch()
-    if (torch.tensor([1e-40]) * 1).item() != 0.0:
-        pytest.skip("this CPU has no flush-to-zero mode that torch can set")
-    assert float((tiny * np.float32(1.0))[0]) == 0.0  # flushed here, numpy included
-    loop.simulate(simulator, batch, seed=11, chunk=8)
-    assert len(seen) == 4 and min(seen) > 0  # each chunk's call saw float32's nearest to 1e-40
-    assert (torch.tensor([1e-40]) * 1).item() == 0.0  # and flushed again after

@@ -202,31 +202,6 @@ def test_weight_decay_reaches_the_optimizer_changes_the_numbers_and_resumes_exac
     with pytest.raises(ValidationError, match="weight_decay"):
         small(**{"training.weight_decay": -0.1})
 
-_SUBNORMAL = """
-import sys
-import torch
-from falcon_lite.config import RunConfig
-from falcon_lite.engine.state import new_state
-
-tiny = torch.tensor([1e-40])  # below float32's smallest normal number, 1.2e-38
-before = (tiny * 1).item()
-new_state(RunConfig.model_validate_json(sys.argv[1]))
-print(before, (tiny * 1).item(), torch.set_flush_denormal(True))
-"""
-
-
-def test_a_run_flushes_subnormal_floats_to_zero():
-    """Weight decay pulls weights into the subnormal range, where the CPU multiplies many times
-    slower: every process of a run flushes them to zero when it builds the run's state. In a
-    fresh process, since the setting is the process's."""
-    out = subprocess.run([sys.executable, "-c", _SUBNORMAL, small().model_dump_json()],
-                         capture_output=True, text=True, check=True).stdout.split()
-    if out[2] != "True":
-        pytest.skip("this CPU has no flush-to-zero mode that torch can set")
-    assert float(out[0]) > 0  # the setting was not on before
-    assert float(out[1]) == 0.0
-
-
 _KILLED_MID_RUN = """
 import sys
 from falcon_lite.engine import inline

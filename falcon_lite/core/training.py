@@ -31,19 +31,6 @@ from falcon_lite.core.protocols import DensityEstimator
 Optimizer = FusedAdam | torch.optim.Optimizer
 
 
-def configure_torch() -> None:
-    """The torch settings of every process that trains or samples for a run (the inline driver,
-    the Ray trainer and sampler, the stress workers): one thread, since two compete for one core
-    on a small machine; and subnormal floats flushed to zero. Weight decay pulls unused weights
-    into the subnormal range, where an x86 CPU multiplies many times slower: bench/sbibm.py's
-    two_moons at 10 000 simulations (weight decay 0.1, 4000 steps) took 130 s of CPU with them
-    and 59 s without (docs/flows.md). Every process of a run sets the same, so a resumed run and
-    a Ray run still draw what an inline run draws. The user's simulator is called with them kept
-    (`engine.loop.subnormals_kept`)."""
-    torch.set_num_threads(1)
-    torch.set_flush_denormal(True)
-
-
 def make_optimizer(est: torch.nn.Module, lr: float, weight_decay: float = 0.0) -> Optimizer:
     """Adam over every parameter of the estimator, with torch's L2 `weight_decay` (added to
     the gradient, as ``torch.optim.Adam(weight_decay=...)``; not AdamW's decoupled decay).

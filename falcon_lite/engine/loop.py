@@ -9,9 +9,6 @@ write start without it.
 from __future__ import annotations
 
 import copy
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -145,25 +142,7 @@ def simulate_chunk(simulator: Simulator, proposed: Samples, seed: int, chunk: in
     Its numbers depend on (seed, step, k) and its parameters alone, not on where it runs."""
     rows = chunk_rows(proposed, chunk, k)
     stream = rng(seed, NOISE, proposed.step) if chunk is None else rng(seed, NOISE, proposed.step, k)
-    with subnormals_kept():
-        return rows.with_x(simulator(rows.theta, stream))
-
-
-@contextmanager
-def subnormals_kept() -> Iterator[None]:
-    """The user's simulator computes as it would on its own, subnormal floats included: a
-    training process flushes them to zero for the network (`core.training.configure_torch`),
-    and the flag is the CPU's, numpy's arithmetic included. Where torch is not loaded nothing
-    set it."""
-    torch = sys.modules.get("torch")
-    if torch is None:
-        yield
-        return
-    torch.set_flush_denormal(False)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(True)
+    return rows.with_x(simulator(rows.theta, stream))
 
 
 def simulate(simulator: Simulator, proposed: Samples, seed: int, chunk: int | None = None) -> Samples:

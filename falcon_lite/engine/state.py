@@ -19,7 +19,7 @@ from falcon_lite.config import RunConfig
 from falcon_lite.core.alarm import Alarm
 from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.protocols import Estimator, Prior, Simulator
-from falcon_lite.core.training import Optimizer, configure_torch, make_optimizer
+from falcon_lite.core.training import Optimizer, make_optimizer
 from falcon_lite.engine.problem import bind_problem
 from falcon_lite.engine.regions import RegionCache, Weights, estimator_for
 
@@ -114,7 +114,7 @@ class RunState:
 
 def new_state(config: RunConfig) -> RunState:
     """Build a run's components from its config; the network's initial weights follow the seed."""
-    configure_torch()
+    torch.set_num_threads(1)
     simulator = bind_problem(config)
     prior = simulator.prior
     estimator = estimator_for(config, simulator)

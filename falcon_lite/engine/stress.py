@@ -47,13 +47,14 @@ def plan(grid: dict[str, list[Any]], seeds: int, steps: int, base: RunConfig | N
 
 def run_job(job: dict) -> dict:
     """Run one (overrides, seed) job in this process; returns its results row and series."""
-    from falcon_lite.core.training import configure_torch
+    import torch
+
     from falcon_lite.engine.inline import run_inline, scratch_run
     from falcon_lite.engine.loop import RunDiverged
     from falcon_lite.store import runs
     from falcon_lite.store.db import session_factory
 
-    configure_torch()
+    torch.set_num_threads(1)
     config = RunConfig.model_validate(job["config"])
     started = time.perf_counter()
     with scratch_run(config, prefix="flr-stress-") as (engine, run_id):

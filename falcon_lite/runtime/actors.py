@@ -39,11 +39,11 @@ SimulatedChunk = tuple[Samples, str]  # a simulated chunk of a batch and the Ray
 Simulated = tuple[Samples, tuple[str, ...]]  # a simulated batch and the nodes of its chunks ("": a failed call)
 
 
-def configure_torch() -> None:
-    """`core.training.configure_torch` for an actor, which loads torch only when it needs it."""
-    from falcon_lite.core.training import configure_torch
+def one_thread() -> None:
+    """One torch thread per actor (two compete for one core here)."""
+    import torch
 
-    configure_torch()
+    torch.set_num_threads(1)
 
 
 @ray.remote(num_cpus=0.01, max_restarts=-1, max_task_retries=-1)
@@ -59,7 +59,7 @@ class ProposalSampler:
         source, fraction = steer
         if isinstance(source, regions.Weights):  # a new version is fetched and loaded once
             if self.regions is None:
-                configure_torch()
+                one_thread()
                 self.regions = regions.RegionCache(self.config, self.problem)
             source = self.regions.region(source, load=ray.get)
         return loop.propose_from(self.config, self.prior, step, source, fraction)
@@ -80,7 +80,7 @@ class SimulatorActor:
         """Chunk `k` of the proposed batch (the whole batch unless `runtime.simulation_chunk`)."""
         self.calls += 1
         if "torch" in sys.modules:  # a registered simulator may have loaded it (microseconds)
-            sys.modules["torch"].set_num_threads(1)
+            one_thread()
         node = ray.get_runtime_context().get_node_id()
         try:
             if self.fail_every and self.calls % self.fail_every == 0:

@@ -24,7 +24,7 @@ from falcon_lite.engine import loop, regions
 from falcon_lite.engine.driver import Arrival, Driver
 from falcon_lite.engine.recorder import Recorder
 from falcon_lite.engine.resume import load_state
-from falcon_lite.runtime.actors import Simulated, configure_torch
+from falcon_lite.runtime.actors import Simulated, one_thread
 from falcon_lite.store.buffer import SampleStore
 from falcon_lite.store.db import make_engine
 from falcon_lite.store.dialects import dialect_for
@@ -38,7 +38,7 @@ class Trainer:
     methods read what it publishes."""
 
     def __init__(self, run_id: int, database_url: str):
-        configure_torch()
+        one_thread()
         self.engine = make_engine(database_url)
         state = load_state(self.engine, run_id)
         store = SampleStore(self.engine, run_id, loop.sizes_of(state), state.simulator.dim,

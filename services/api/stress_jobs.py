@@ -183,11 +183,12 @@ def _cancel(signum, frame) -> None:
 def work(path: Path) -> int:
     """The worker process: run the matrix asked for in ``request.json``."""
     signal.signal(signal.SIGTERM, _cancel)
+    import torch
+
     from falcon_lite.config import RunConfig
-    from falcon_lite.core.training import configure_torch
     from falcon_lite.engine.stress import run_stress
 
-    configure_torch()
+    torch.set_num_threads(1)
     request = json.loads((path / "request.json").read_text())
     status = {"status": "running", "done": 0, "total": None}
     _write_json(path / "status.json", status)
