@@ -297,6 +297,10 @@ def main(argv: list[str] | None = None) -> None:
     from falcon_lite.store.db import make_engine, migrate
 
     torch.set_num_threads(1)  # both sides alike (a falcon-lite run sets it too)
+    # Subnormal floats flushed to zero, both sides alike: the weight decay of falcon-lite's config
+    # pulls weights into float32's subnormal range, where the CPU multiplies many times slower
+    # (docs/flows.md, "At a budget of 10 000"). falcon-lite's own runs do not flush them yet.
+    torch.set_flush_denormal(True)
     refs = sbibm_refs.References(sbibm_refs.wheel(args.cache))
     with tempfile.TemporaryDirectory(prefix="flr-sbibm-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
