@@ -3,7 +3,8 @@ shapes; gradients reach every parameter; log q integrates to 1 (1-D, by quadratu
 follow log q (1-D by a KS test, 2-D by cell masses); the checkpoint round trip is bit for bit
 and training goes on identically; the seed alone decides the weights; a short NPE training on
 x = theta + 0.1 eps reaches the exact posterior (moments, C2ST, TARP and HPD coverage); the config rejects what a flow does not use;
-and a run of the engine with it stops and resumes exactly."""
+and a run of the engine with it stops and resumes exactly; it computes with subnormal floats
+flushed to zero, and only it."""
 
 import copy
 import io
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 
 from falcon_lite.config import EstimatorConfig, PriorConfig, RunConfig, with_overrides
 from falcon_lite.core import diagnostics_samples as ds
+from falcon_lite.core import subnormals
 from falcon_lite.core.estimators import FlowPosterior, make_estimator
 from falcon_lite.core.priors import make_prior
 from falcon_lite.core.protocols import DensityEstimator, Estimator
@@ -444,3 +446,59 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
     assert resumed == straight
     assert all(np.isfinite(r["std_ratio"]) for r in straight)
     assert "coverage_68" in straight[-1]  # the held-out checks ran on the flow's posterior_batch
+
+
+@pytest.fixture
+def flushable():
+    """Skips where the CPU has no flush-to-zero mode that torch can set; the flag starts off."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU has no flush-to-zero mode that torch can set")
+    torch.set_flush_denormal(False)
+    assert not subnormals.flushing() and np.float32(1e-39) * np.float32(1.0) > 0
+    yield
+    torch.set_flush_denormal(False)
+
+
+def test_subnormals_are_flushed_for_the_block_and_the_flag_put_back_as_found(flushable):
+    with subnormals.subnormals_flushed():
+        assert subnormals.flushing()
+        assert (torch.tensor([1e-39]) * 1).item() == 0.0 and np.float32(1e-39) * np.float32(1.0) == 0
+    assert not subnormals.flushing()
+    with pytest.raises(RuntimeError), subnormals.subnormals_flushed():
+        raise RuntimeError("a step that fails")
+    assert not subnormals.flushing()
+    torch.set_flush_denormal(True)  # a caller that flushes for its whole thread (bench/sbibm.py) keeps it
+    with subnormals.subnormals_flushed():
+        assert subnormals.flushing()
+    assert subnormals.flushing()
+
+
+def test_the_flow_computes_with_subnormals_flushed_and_the_simulator_without(flushable):
+    """Weight decay pulls unused weights into float32's subnormal range, where an x86 CPU
+    multiplies many times slower: a training step, the flow's draws and its log q flush them to
+    zero (seen from inside the network), and leave the thread as they found it, so that the
+    user's simulator, called after them in the same thread, computes with them kept."""
+    from falcon_lite.engine import loop
+    from tests.test_chunks import proposed
+
+    est = flow("nsf", dim=2, x_dim=2)
+    seen = []
+    est.flow.register_forward_hook(lambda module, args, out: seen.append(subnormals.flushing()))
+    backward = []
+    next(est.flow.parameters()).register_hook(lambda grad: backward.append(subnormals.flushing()))
+    opt = make_optimizer(est, 1e-3, weight_decay=0.1)
+    train_step(est, opt, toy(64, 2, np.random.default_rng(0)))
+    est.sample(np.zeros(2), 10, torch.Generator().manual_seed(0))
+    est.sample_and_log_prob(np.zeros(2), 10, torch.Generator().manual_seed(0))
+    est.log_prob(np.zeros((3, 2)), np.zeros((3, 2)))
+    assert seen == [True] * 4 and backward == [True] and not subnormals.flushing()
+
+    simulator, batch = proposed()
+    kept = []
+
+    def simulate(theta, stream):
+        kept.append(float(np.float32(1e-39) * np.float32(1.0)))
+        return simulator(theta, stream)
+
+    loop.simulate(simulate, batch, seed=11, chunk=8)
+    assert len(kept) == 4 and min(kept) > 0  # float32's nearest to 1e-39, not zero

@@ -27,6 +27,7 @@ import torch
 from falcon_lite.core.adam import FusedAdam, fused_kernel_supports
 from falcon_lite.core.policy import Origin
 from falcon_lite.core.protocols import DensityEstimator
+from falcon_lite.core.subnormals import flushes_subnormals
 
 Optimizer = FusedAdam | torch.optim.Optimizer
 
@@ -102,13 +103,15 @@ def _tensors(est, rows, dtype):
     return inp, out, w
 
 
+@flushes_subnormals
 def train_step(est, opt: Optimizer, batch, validation=None) -> dict:
     """One optimizer step on ``batch``, then the variance update; returns plain floats.
 
     Keys: ``loss``, ``batch_log_var`` (list per dim: the log of the (weighted) mean squared
     residual fed to the EMA), ``log_var`` (list, after the update), ``ess`` (IW effective sample
     size fraction, 1.0 without IW), ``w_max`` (largest normalised weight times n; 1.0 without IW),
-    ``variance_source_used``.
+    ``variance_source_used``. Subnormal floats are flushed to zero for the step
+    (core/subnormals.py), and only for it.
     """
     if trains_its_own_density(est):
         return density_step(est, opt, batch)

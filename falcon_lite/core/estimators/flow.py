@@ -21,7 +21,8 @@ The engine's Gaussian view (``posterior``: proposal, diagnostics) is the sample 
 variance of ``POSTERIOR_DRAWS`` draws at x_obs from a generator seeded with ``MOMENT_SEED``
 on every call, so it is a function of the weights alone; ``posterior_batch`` uses
 ``BATCH_DRAWS`` draws per row. Shapes: theta ``(n, D)``, x ``(n, x_dim)`` (flattened; the
-embedding is applied inside), x_obs ``(x_dim,)``.
+embedding is applied inside), x_obs ``(x_dim,)``. ``log_prob``, ``draw`` and ``sample_and_log_prob``
+compute with subnormal floats flushed to zero (core/subnormals.py), as a training step does.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import nn
 
 from falcon_lite.core import embeddings
 from falcon_lite.core.estimators.head import ACTIVATIONS, DTYPES
+from falcon_lite.core.subnormals import flushes_subnormals
 
 POSTERIOR_DRAWS = 1000  # draws behind the (mean, var) at x_obs
 BATCH_DRAWS = 32  # draws per row behind posterior_batch (the engine's held-out checks, every step)
@@ -166,6 +168,7 @@ class FlowPosterior(nn.Module):
                 std.mul_(1 - m).add_(values.std(0, unbiased=False).clamp_min(_TINY_STD), alpha=m)
             self.norm_count += 1
 
+    @flushes_subnormals
     def log_prob(self, theta, x) -> torch.Tensor:
         """log q(theta_i | x_i) ``(n,)`` for theta ``(n, D)`` and x ``(n, x_dim)`` (differentiable)."""
         theta, x = self._theta_x(theta, x)
@@ -182,6 +185,7 @@ class FlowPosterior(nn.Module):
         log_q = self.log_prob(theta, x)
         return -log_q.mean() if w is None else -(w * log_q).sum()
 
+    @flushes_subnormals
     @torch.no_grad()
     def draw(self, x: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
         """``(n, m, D)`` draws: n per row of x ``(m, x_dim)`` (the noise in float64, then the flow's dtype)."""
@@ -196,6 +200,7 @@ class FlowPosterior(nn.Module):
         _, x = self._theta_x(np.zeros(self.dim), x_obs)
         return self.draw(x, n, generator)[:, 0].to(torch.float64).numpy()
 
+    @flushes_subnormals
     @torch.no_grad()
     def sample_and_log_prob(self, x_obs: np.ndarray, n: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
         """`sample`'s n draws ``(n, D)`` with their log q(theta | x_obs) ``(n,)`` (both float64), in
