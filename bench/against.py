@@ -11,13 +11,15 @@ machine hits both alike):
   following it (the trainer's hot path), of a mirror sync after an append, and of a batch draw.
 
 With ``--sbibm TASK ...`` it measures instead the CPU seconds of falcon-lite's side of
-bench/sbibm.py (this tree's config for the task, sbibm's observation 1, budget 1000, seed 0,
-`--steps-per-batch` as given) from run creation to the final flow, without the C2ST.
+bench/sbibm.py (this tree's config for the task, sbibm's observation 1, `--budget` (1000),
+seed 0, `--steps-per-batch` as given) from run creation to the final flow, without the C2ST;
+the process does not flush subnormal floats (bench/sbibm.py's `--keep-subnormals`), so each
+tree computes as a falcon-lite run does.
 
 Prints each figure's median per tree and new/old (below 1: the new code is faster).
 
     .venv/bin/python bench/against.py [--ref 6e18932] [--rounds 3] [--steps 1000] [--rows 20000]
-    .venv/bin/python bench/against.py --ref 0d87ec9 --sbibm two_moons gaussian_linear [--steps-per-batch 10]
+    .venv/bin/python bench/against.py --ref 0d87ec9 --sbibm two_moons gaussian_linear [--steps-per-batch 10] [--budget 10000]
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def measure(steps: int, rows: int) -> dict[str, float]:
     return out
 
 
-def measure_sbibm(tasks: list[str], steps_per_batch: int | None) -> dict[str, float]:
+def measure_sbibm(tasks: list[str], steps_per_batch: int | None, budget: int = 1000) -> dict[str, float]:
     """Run in a child process: CPU seconds of one falcon-lite bench run per task (bench/sbibm.py's)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -106,9 +108,9 @@ def measure_sbibm(tasks: list[str], steps_per_batch: int | None) -> dict[str, fl
         migrate(url)
         engine = make_engine(url)
         for task in tasks:
-            config = sbibm.falcon_config(task, refs.observation(task, 1), 1000, 0, None, steps_per_batch)
+            config = sbibm.falcon_config(task, refs.observation(task, 1), budget, 0, None, steps_per_batch)
             sbibm.warm_reference(config)
-            out[f"sbibm {task} falcon-lite CPU s"] = sbibm.run_falcon(engine, config, 10, 0)[1]["cpu_s"]
+            out[f"sbibm {task} at {budget}: falcon-lite CPU s"] = sbibm.run_falcon(engine, config, 10, 0)[1]["cpu_s"]
         engine.dispose()
     refs.close()
     return out
@@ -160,15 +162,16 @@ def main() -> None:
     parser.add_argument("--sbibm", nargs="+", default=None, metavar="TASK",
                         help="measure falcon-lite's side of bench/sbibm.py on these tasks instead")
     parser.add_argument("--steps-per-batch", type=int, default=None, help="with --sbibm: falcon-lite's k")
+    parser.add_argument("--budget", type=int, default=1000, help="with --sbibm: the simulation budget")
     parser.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_sbibm(args.sbibm, args.steps_per_batch) if args.sbibm
+        print(json.dumps(measure_sbibm(args.sbibm, args.steps_per_batch, args.budget) if args.sbibm
                          else measure(args.steps, args.rows)))
         return
     passed = ["--steps", str(args.steps), "--rows", str(args.rows)]
     if args.sbibm:
-        passed += ["--sbibm", *args.sbibm]
+        passed += ["--sbibm", *args.sbibm, "--budget", str(args.budget)]
         if args.steps_per_batch:
             passed += ["--steps-per-batch", str(args.steps_per_batch)]
     with tempfile.TemporaryDirectory(prefix="flr-ref-") as tmp:

@@ -278,6 +278,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps-per-batch", type=int, default=None,
                    help=f"falcon-lite's optimizer steps per simulated batch (default: the plan's, {PLANS})")
     p.add_argument("--sbi-train", default="{}", help="JSON keyword arguments of sbi's train()")
+    p.add_argument("--keep-subnormals", action="store_true",
+                   help="the process does not flush subnormal floats (falcon-lite's network still does)")
     p.add_argument("--draws", type=int, default=DRAWS)
     p.add_argument("--cache", type=Path, default=sbibm_refs.CACHE, help="where the sbibm wheel is kept")
     p.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "falcon-lite-sbibm.jsonl")
@@ -297,10 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     from falcon_lite.store.db import make_engine, migrate
 
     torch.set_num_threads(1)  # both sides alike (a falcon-lite run sets it too)
-    # Subnormal floats flushed to zero, both sides alike: the weight decay of falcon-lite's config
+    # Subnormal floats flushed to zero for the whole process, so for sbi too: falcon-lite's runs
+    # flush them around their network's computations (core/subnormals.py), since weight decay
     # pulls weights into float32's subnormal range, where the CPU multiplies many times slower
-    # (docs/flows.md, "At a budget of 10 000"). falcon-lite's own runs do not flush them yet.
-    torch.set_flush_denormal(True)
+    # (docs/flows.md, "At a budget of 10 000"). --keep-subnormals leaves falcon-lite's own flush alone.
+    if not args.keep_subnormals:
+        torch.set_flush_denormal(True)
     refs = sbibm_refs.References(sbibm_refs.wheel(args.cache))
     with tempfile.TemporaryDirectory(prefix="flr-sbibm-") as tmp:
         url = f"sqlite:///{tmp}/bench.db"
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                                                      f"simulations, not the budget {budget}")
                                 warm_reference(config)
                                 samples, times = run_falcon(engine, config, args.draws, seed)
-                                extra = {"config": config}
+                                extra = {"config": config, "process_flushes": not args.keep_subnormals}
                             else:
                                 samples, times = run_sbi(problem, x_obs, budget, rounds, seed, args.draws, sbi_train)
                                 extra = {"rounds": rounds, "train": sbi_train}
