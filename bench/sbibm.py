@@ -138,12 +138,9 @@ def simulations_of(config: dict) -> int:
     return run.buffer.simulations_per_step * -(-run.training.steps // k)
 
 
-def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray, dict]:
-    """(draws (n, D) from the final flow at x_obs, {"wall_s", "cpu_s"} from run creation to the final flow)."""
-    import torch
-
+def falcon_run(engine, config: dict):
+    """(the final state of an inline falcon-lite run of `config`, {"wall_s", "cpu_s"} from run creation to it)."""
     from falcon_lite.config import RunConfig
-    from falcon_lite.engine import loop
     from falcon_lite.engine.inline import run_inline
     from falcon_lite.store import runs
     from falcon_lite.store.db import session_factory
@@ -153,7 +150,16 @@ def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray,
     with session_factory(engine).begin() as session:
         run_id = runs.create_run(session, run_config).id
     state = run_inline(engine, run_id)
-    times = clock.read()
+    return state, clock.read()
+
+
+def run_falcon(engine, config: dict, draws: int, seed: int) -> tuple[np.ndarray, dict]:
+    """(draws (n, D) from the final flow at x_obs, {"wall_s", "cpu_s"} from run creation to the final flow)."""
+    import torch
+
+    from falcon_lite.engine import loop
+
+    state, times = falcon_run(engine, config)
     samples = loop.posterior_draws(state, draws, torch.Generator().manual_seed(seed))  # inside the prior's support
     return samples, times
 
@@ -186,9 +192,8 @@ def torch_prior(problem):
     raise ValueError(f"{problem.name}: a prior of one family (uniform or normal) only")
 
 
-def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
-            training: dict | None = None) -> tuple[np.ndarray, dict]:
-    """(draws (n, D) from sbi's final posterior at x_obs, {"wall_s", "cpu_s"} to that posterior)."""
+def sbi_posterior(problem, x_obs, budget: int, rounds: int, seed: int, training: dict | None = None):
+    """(sbi's final posterior, with x_obs as its default x; {"wall_s", "cpu_s"} to that posterior)."""
     import torch
     from sbi.inference import NPE  # SNPE-C; 0.27 keeps "SNPE" only as a deprecated alias
     from sbi.neural_nets import posterior_nn
@@ -208,9 +213,14 @@ def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
         theta = proposal.sample((n,))
         estimator = inference.append_simulations(theta, simulator(theta), proposal=proposal).train(**(training or {}))
         proposal = inference.build_posterior(estimator).set_default_x(x_o)
-    times = clock.read()
-    samples = proposal.sample((draws,), show_progress_bars=False).double().numpy()
-    return samples, times
+    return proposal, clock.read()
+
+
+def run_sbi(problem, x_obs, budget: int, rounds: int, seed: int, draws: int,
+            training: dict | None = None) -> tuple[np.ndarray, dict]:
+    """(draws (n, D) from sbi's final posterior at x_obs, {"wall_s", "cpu_s"} to that posterior)."""
+    posterior, times = sbi_posterior(problem, x_obs, budget, rounds, seed, training)
+    return posterior.sample((draws,), show_progress_bars=False).double().numpy(), times
 
 
 # -- the table ------------------------------------------------------------------------------
