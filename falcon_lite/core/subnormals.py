@@ -1,8 +1,8 @@
 """The network's arithmetic with subnormal floats flushed to zero, and nobody else's.
 
-Weight decay pulls the weights (and Adam's second moments) that a problem does not use towards
-zero, into float32's subnormal range, where an x86 CPU multiplies many times slower: a two_moons
-run of 4000 steps with `training.weight_decay = 0.1` took 130 s of CPU, 56 s with subnormals
+Weight decay pulls the weights that a problem does not use towards zero, into float32's
+subnormal range, where an x86 CPU multiplies many times slower: a two_moons run of 4000 steps
+with `training.weight_decay = 0.1` took 130 s of CPU on an Intel Xeon, 56 s with subnormals
 flushed (docs/flows.md, "At a budget of 10 000"). The CPU's flag (`torch.set_flush_denormal`:
 FTZ and DAZ of x86's MXCSR) belongs to a thread and reaches everything that thread computes,
 numpy and the user's simulator included, and every thread it starts later; so it is set only
