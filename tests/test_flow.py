@@ -446,6 +446,45 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
     assert resumed == straight
     assert all(np.isfinite(r["std_ratio"]) for r in straight)
     assert "coverage_68" in straight[-1]  # the held-out checks ran on the flow's posterior_batch
+    assert all(np.isfinite(r["held_out_loss"]) for r in straight)  # every step took a fresh batch in
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_fresh_batch_is_scored_by_the_weights_that_have_not_seen_it(weighted):
+    """`held_out_loss`: the flow's own loss on a fresh batch's rows with finite x (weighted as
+    its training is), with the weights as they are; a step on that batch lowers it, which is
+    why the engine takes it before any step has seen the batch (Driver.ingest)."""
+    from falcon_lite.core.policy import Origin
+    from falcon_lite.core.samples import Samples
+    from falcon_lite.engine.loop import held_out
+    from falcon_lite.engine.state import new_state
+
+    config = with_overrides(RunConfig(), {"estimator.name": "flow", "estimator.hidden": [16, 16],
+                                          "estimator.importance_weighting": weighted, "simulator.sigma_obs": 0.1})
+    state = new_state(config)
+    rng = np.random.default_rng(3)
+    theta = rng.normal(0.3, 0.2, (40, 1))
+    x = theta + 0.1 * rng.standard_normal((40, 1))
+    x[7] = np.nan  # a failed simulation: not scored
+    log_q, log_prior = rng.normal(0, 1, 40), rng.normal(0, 1, 40)
+    batch = Samples(theta, x, np.full(40, Origin.PROPOSAL), log_q, log_prior, step=5)
+
+    def by_hand() -> float:
+        keep = np.arange(40) != 7
+        with torch.no_grad():
+            log_q_rows = state.estimator.log_prob(theta[keep], x[keep]).double().numpy()
+        w = iw_weights(log_prior[keep], log_q[keep]) if weighted else np.full(39, 1 / 39)
+        return float(-(w * log_q_rows).sum())
+
+    before = held_out(state, batch)["held_out_loss"]
+    assert before == pytest.approx(by_hand(), rel=1e-5)
+    fine = batch.take(np.arange(40) != 7)
+    for _ in range(20):
+        train_step(state.estimator, state.optimizer, fine)
+    after = held_out(state, batch)["held_out_loss"]
+    assert after == pytest.approx(by_hand(), rel=1e-5) and after < before - 0.1
+    gaussian = new_state(with_overrides(RunConfig(), {"simulator.sigma_obs": 0.1}))
+    assert "held_out_loss" not in held_out(gaussian, batch)  # its loss is not a density's
 
 
 @pytest.fixture

@@ -169,29 +169,55 @@ def follow(state: RunState, mirror: Mirror, batch: Samples, delta: Delta) -> Del
 
 
 def held_out(state: RunState, batch: Samples) -> dict:
-    """Ground-truth-free checks on a fresh batch before it is trained on: the explosion
-    alarm (core/alarm.py) and the expected coverage of the current posterior, both from one
-    forward pass over the batch.
+    """Ground-truth-free checks on a fresh batch before it is trained on: for an estimator
+    with its own density (the flow) its loss on the batch (`held_out_loss`); on the batch's
+    proposal rows, the explosion alarm (core/alarm.py) and the expected coverage of the current
+    posterior, both from one forward pass.
 
     Only for an amortized estimator (a likelihood estimator's posterior at every x would
     need a MAP fit each).
     """
     if not state.estimator.amortized:
         return {}
+    row = held_out_loss(state.estimator, batch)
     keep = (batch.origin == Origin.PROPOSAL) & finite_rows(batch.x)
     if np.count_nonzero(keep) < 2:
-        return {}
+        return row
     theta, x = batch.theta[keep], batch.x[keep]
     mean, var = state.estimator.posterior_batch(x)  # (no grad)
     z = float(np.max(alarm.residual_z(theta, mean)))
     raised = state.alarm.observe(z)
-    row = {"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)}
+    row.update({"alarm_z": z, "alarm_ema": state.alarm.ema, "alarm": float(raised)})
     row.update(diagnostics.coverage(theta, mean, var, per_dim=False))
     if state.quota is not None:  # buffer.prior_fraction = "adaptive": the quota follows the alarm
         state.quota.observe(raised)
         respond(state, raised)
         row["rollbacks"] = float(state.rollbacks)
     return row
+
+
+def held_out_loss(est, batch: Samples) -> dict:
+    """``held_out_loss``: the training loss of an estimator with its own density (the flow's
+    -mean log q(theta | x), importance-weighted where its training is) on a fresh batch's rows
+    with finite x, under the weights before any step has seen them: a held-out loss that costs
+    no simulation. Falling, the flow learns the posterior; rising while the training loss falls,
+    it learns the pool (docs/flows.md, "Overfitting seen as it happens"). {} for another
+    estimator, or a batch with no finite row."""
+    from falcon_lite.core.training import trains_its_own_density
+
+    keep = finite_rows(batch.x)
+    if not trains_its_own_density(est) or not np.any(keep):
+        return {}
+    import torch
+
+    from falcon_lite.core.training import iw_weights
+
+    theta, x = batch.theta[keep], batch.x[keep].reshape(int(np.count_nonzero(keep)), -1)
+    w = None
+    if est.importance_weighting:
+        w = torch.as_tensor(iw_weights(batch.log_prior[keep], batch.log_q[keep]), dtype=est.dtype)
+    with torch.no_grad():
+        return {"held_out_loss": float(est.loss(theta, x, w))}
 
 
 SOUND_EVERY = 50  # steps between snapshots of a healthy run (adaptive rollback)
