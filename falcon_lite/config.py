@@ -296,6 +296,15 @@ class BufferConfig(Strict):
         return self.adaptive.low if self.prior_fraction == "adaptive" else self.prior_fraction
 
 
+class AdaptiveDecayConfig(Strict):
+    """`training.weight_decay = "adaptive"`: the decay follows the held-out gap (core/decay.py)."""
+
+    ceiling: PositiveFloat = Field(0.2, description="The decay at a gap of `scale` nats or more.")
+    scale: PositiveFloat = Field(
+        2.0, description="The gap (held-out loss minus training loss, nats) at which the decay reaches `ceiling`; "
+        "below it the decay is in proportion.")
+
+
 class TrainingConfig(Strict):
     steps: PositiveInt = 10_000
     batch_size: PositiveInt = 128
@@ -307,10 +316,26 @@ class TrainingConfig(Strict):
         "cosine to zero at the last step (for a run of known length: the last steps average out the noise "
         "of the batches).",
     )
-    weight_decay: NonNegFloat = Field(
+    weight_decay: float | str = Field(
         0.0, description="Adam's L2 penalty on every weight (torch.optim.Adam's weight_decay: added to the "
-        "gradient). 0: none. A flow trained many steps on a small pool overfits without it (docs/flows.md).",
+        "gradient). 0: none. A flow trained many steps on a small pool overfits without it (docs/flows.md). "
+        '"adaptive" (an estimator with a density): set after every batch from the gap between its held-out '
+        "and its training loss (see `adaptive_decay`; core/decay.py).",
+        examples=[0.1, "adaptive"],
     )
+    adaptive_decay: AdaptiveDecayConfig = Field(default_factory=AdaptiveDecayConfig)
+
+    @field_validator("weight_decay")
+    @classmethod
+    def _decay_or_adaptive(cls, v: float | str) -> float | str:
+        """One clear error for both forms (as `buffer.prior_fraction`)."""
+        if isinstance(v, str):
+            if v != "adaptive":
+                raise ValueError(f'must be a number >= 0 or "adaptive", got {v!r}')
+            return v
+        if not (math.isfinite(v) and v >= 0.0):
+            raise ValueError(f'must be a number >= 0 or "adaptive", got {v}')
+        return v
     diagnostics_every: PositiveInt = 1
     c2st_every: PositiveInt | None = Field(
         default=None,

@@ -407,8 +407,10 @@ def test_a_coupling_flow_conditions_half_the_parameters_on_the_other_half_and_in
     with pytest.raises(ValidationError, match="passes"):
         EstimatorConfig(name="flow", passes=1)
 
-def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
-    """A 300-step run (100 prior-only warm-up steps) stopped at step 150 and resumed equals one never stopped."""
+@pytest.mark.parametrize("decay", [0.0, "adaptive"])
+def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path, decay):
+    """A 300-step run (100 prior-only warm-up steps) stopped at step 150 and resumed equals one
+    never stopped; with the adaptive weight decay too (its state is in the checkpoint)."""
     from falcon_lite.engine.inline import run_inline
     from falcon_lite.store import runs
     from falcon_lite.store.db import make_engine, migrate, session_factory
@@ -420,7 +422,7 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
         "estimator.flow": "maf", "simulator.sigma_obs": 0.1,
         "training.steps": 300, "training.warmup_steps": 100, "training.checkpoint_every": 50,
         "buffer.simulations_per_step": 32, "buffer.min_training": 32, "buffer.max_training": 32,
-        "training.batch_size": 32,
+        "training.batch_size": 32, "training.weight_decay": decay,
     })
     engine = make_engine(url)
 
@@ -447,6 +449,44 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path):
     assert all(np.isfinite(r["std_ratio"]) for r in straight)
     assert "coverage_68" in straight[-1]  # the held-out checks ran on the flow's posterior_batch
     assert all(np.isfinite(r["held_out_loss"]) for r in straight)  # every step took a fresh batch in
+    decays = [r.get("weight_decay") for r in straight]
+    if decay == "adaptive":  # set from the first batch after a step on
+        assert decays[0] is None and all(d is not None and 0 <= d <= 0.2 for d in decays[1:]) and max(decays[1:]) > 0
+    else:
+        assert decays == [None] * 300
+
+
+def test_the_adaptive_decay_follows_the_gap_by_hand():
+    """core/decay.py's rule on numbers checked by hand: nothing before the first step; the
+    training loss averaged per step, the gap per batch; the decay in proportion to the gap up to
+    the ceiling, never below zero."""
+    from falcon_lite.core.decay import DecayControl
+
+    control = DecayControl(ceiling=0.2, scale=2.0)
+    assert control.observe_held_out(5.0) is None and control.gap is None
+    control.observe_step(1.0)
+    control.observe_step(float("nan"))  # passed over
+    control.observe_step(2.0)  # train = 0.9 * 1 + 0.1 * 2 = 1.1
+    assert control.train == pytest.approx(1.1)
+    assert control.observe_held_out(2.1) == pytest.approx(0.1)  # gap 1.0: half the ceiling
+    assert control.observe_held_out(11.1) == pytest.approx(0.2)  # gap 0.8 * 1 + 0.2 * 10 = 2.8: the ceiling
+    assert control.gap == pytest.approx(2.8)
+    for _ in range(30):
+        last = control.observe_held_out(-20.0)  # rows it has not seen score better: no decay
+    assert last == 0.0
+    assert DecayControl(**control.to_dict()) == control
+
+
+def test_the_adaptive_decay_is_for_an_estimator_with_a_density():
+    from falcon_lite.engine.problem import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match="follows the held-out loss") as err:
+        check_config(with_overrides(RunConfig(), {"training.weight_decay": "adaptive"}))
+    assert err.value.loc == ("training", "weight_decay")
+    check_config(with_overrides(RunConfig(), {"training.weight_decay": "adaptive", "estimator.name": "flow"}))
+    for bad in ("sometimes", -0.1, float("nan")):
+        with pytest.raises(ValidationError, match='must be a number >= 0 or "adaptive"'):
+            with_overrides(RunConfig(), {"training.weight_decay": bad})
 
 
 @pytest.mark.parametrize("weighted", [False, True])

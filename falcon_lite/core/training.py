@@ -55,6 +55,12 @@ def set_lr(opt: Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+def set_weight_decay(opt: Optimizer, weight_decay: float) -> None:
+    """Set the L2 penalty of every parameter group (training.weight_decay = "adaptive")."""
+    for group in opt.param_groups:
+        group["weight_decay"] = weight_decay
+
+
 def clear_grads(opt: Optimizer) -> None:
     """`opt.zero_grad(set_to_none=True)` without its profiler and dynamo wrappers (~20x
     cheaper; it runs every step)."""

@@ -180,6 +180,13 @@ def held_out(state: RunState, batch: Samples) -> dict:
     if not state.estimator.amortized:
         return {}
     row = held_out_loss(state.estimator, batch)
+    if state.decay is not None and "held_out_loss" in row:  # training.weight_decay = "adaptive"
+        decay = state.decay.observe_held_out(row["held_out_loss"])
+        if decay is not None:
+            from falcon_lite.core.training import set_weight_decay
+
+            set_weight_decay(state.optimizer, decay)
+            row["weight_decay"] = decay
     keep = (batch.origin == Origin.PROPOSAL) & finite_rows(batch.x)
     if np.count_nonzero(keep) < 2:
         return row
@@ -271,7 +278,10 @@ def train(state: RunState, mirror: Mirror, step: int) -> dict:
     state.at_obs = None  # the weights change below
     batch = mirror.draw(cfg.training.batch_size, rng(state.seed, BATCH, step), state.prior_fraction)
     validation = mirror.validation() if cfg.estimator.variance_source == "validation" else None
-    return train_step(state.estimator, state.optimizer, batch, validation)
+    stats = train_step(state.estimator, state.optimizer, batch, validation)
+    if state.decay is not None:
+        state.decay.observe_step(stats["loss"])
+    return stats
 
 
 def disfavoured(state: RunState, mirror: Mirror, step: int) -> np.ndarray:

@@ -134,6 +134,9 @@ def check_config(config: RunConfig) -> BoundProblem:
     if config.proposal.method == "truncated" and not isinstance(estimator, DensityEstimator):
         raise ConfigError(("proposal", "method"), 'method "truncated" needs an estimator with a density '
                           f'(log_prob), e.g. "flow"; {config.estimator.name!r} has none')
+    if config.training.weight_decay == "adaptive" and not isinstance(estimator, DensityEstimator):
+        raise ConfigError(("training", "weight_decay"), '"adaptive" follows the held-out loss of an estimator with '
+                          f'a density (log_prob), e.g. "flow"; {config.estimator.name!r} has none')
     return bound
 
 

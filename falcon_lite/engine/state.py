@@ -17,6 +17,7 @@ import torch
 
 from falcon_lite.config import RunConfig
 from falcon_lite.core.alarm import Alarm
+from falcon_lite.core.decay import DecayControl
 from falcon_lite.core.policy import AdaptiveQuota
 from falcon_lite.core.protocols import Estimator, Prior, Simulator
 from falcon_lite.core.training import Optimizer, make_optimizer
@@ -39,6 +40,7 @@ class RunState:
     drawn_total: int = 0
     alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
     quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
+    decay: DecayControl | None = None  # training.weight_decay = "adaptive": its running state
     truth: tuple[np.ndarray, np.ndarray] | None = field(default=None)  # reference posterior (mean, std), if any
     at_obs: tuple | None = field(default=None, repr=False)  # (step, mean, var): loop.posterior_at_obs's cache
     sound: dict | None = field(default=None, repr=False)  # the last healthy snapshot (adaptive rollback)
@@ -90,7 +92,8 @@ class RunState:
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        # (the weights version only where there is one: a checkpoint without it stays byte for byte)
+        # (the weights version and the decay's state only where there are: a checkpoint without them
+        # stays byte for byte)
         version = {} if self.steer_weights is None else {
             "steer_weights": (self.steer_weights.version, self.steer_weights.state)}
         torch.save(
@@ -106,6 +109,7 @@ class RunState:
                 "estimator": self.estimator.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 **version,
+                **({} if self.decay is None else {"decay": self.decay.to_dict()}),
             },
             buf,
         )
@@ -125,13 +129,16 @@ def new_state(config: RunConfig) -> RunState:
         if not torch.cuda.is_available():
             raise ValueError("training.device = 'cuda', but torch sees no CUDA device where this trainer runs")
         estimator.to(device)
-    optimizer = make_optimizer(estimator, config.training.lr, config.training.weight_decay)
+    decay = None
+    if config.training.weight_decay == "adaptive":  # no decay until the first gap is measured
+        decay = DecayControl(config.training.adaptive_decay.ceiling, config.training.adaptive_decay.scale)
+    optimizer = make_optimizer(estimator, config.training.lr, 0.0 if decay is not None else config.training.weight_decay)
     truth = simulator.true_posterior(prior)
     quota = None
     if config.buffer.prior_fraction == "adaptive":
         adaptive = config.buffer.adaptive
         quota = AdaptiveQuota(adaptive.low, adaptive.high, adaptive.half_life)
-    state = RunState(config, simulator, prior, estimator, optimizer, truth=truth, quota=quota)
+    state = RunState(config, simulator, prior, estimator, optimizer, truth=truth, quota=quota, decay=decay)
     if config.proposal.method == "truncated":
         state.regions = RegionCache(config, simulator)
     return state
@@ -152,6 +159,8 @@ def restore(config: RunConfig, blob: bytes) -> RunState:
     state.sound = saved.get("sound")
     state.rollbacks = saved.get("rollbacks", 0)
     state.lr_scale = saved.get("lr_scale", 1.0)
+    if state.decay is not None and saved.get("decay") is not None:
+        state.decay = DecayControl(**saved["decay"])  # (the decay in force is in the optimizer's state)
     if saved.get("steer_weights") is not None:
         state.steer_weights = Weights(*saved["steer_weights"])
     return state
