@@ -43,9 +43,9 @@ def sessions(server):
     engine.dispose()
 
 
-def make_run(sessions, name: str, train: bool = False) -> int:
+def make_run(sessions, name: str, train: bool = False, **sections) -> int:
     with sessions.begin() as session:
-        run_id = store_runs.create_run(session, RunConfig.model_validate({"name": name, **SMALL})).id
+        run_id = store_runs.create_run(session, RunConfig.model_validate({"name": name, **SMALL, **sections})).id
     if train:
         import torch
 
@@ -89,9 +89,11 @@ def test_a_run_has_its_url_and_its_charts_show_its_history(browser, server, sess
     legends = browser.execute_script(
         "return [...document.querySelectorAll('#run-detail .u-legend')].map("
         "l => [...l.querySelectorAll('.u-value')].map(v => v.textContent));")
-    assert len(legends) == 3
-    for values in legends:
+    assert len(legends) == 4
+    for values in legends[:3]:
         assert values[0] == "39" and all(v not in ("", "--", "–") for v in values), legends
+    # The loss chart: this (Gaussian) estimator's training loss; a held-out loss it has none of.
+    assert legends[3][:2] == ["39", legends[3][1]] and legends[3][1] not in ("", "--", "–") and legends[3][2] == "–"
 
     # Another run's row: the URL follows; the browser's Back goes to the first run again.
     click(browser, f"run-row-{second}")
@@ -100,6 +102,26 @@ def test_a_run_has_its_url_and_its_charts_show_its_history(browser, server, sess
     browser.back()
     wait(browser, lambda d: d.execute_script(f"{dash}.runId") == first, "Back to show the first run")
     wait(browser, lambda d: d.execute_script(f"{dash}.series.steps.length") == 40, "its charts again")
+
+
+def test_a_flows_loss_chart_shows_its_held_out_loss_beside_its_training_loss(browser, server, sessions):  # noqa: F811
+    """Each fresh batch's loss before any step saw it (`held_out_loss`), drawn beside the training
+    loss at every step of a flow's run, as the metrics rows hold them."""
+    import numpy as np
+
+    run_id = make_run(sessions, "flow-losses", train=True, estimator={"name": "flow", "hidden": [16, 16]})
+    with sessions.begin() as session:
+        rows = store_runs.metrics_since(session, run_id, names=["loss", "held_out_loss"], limit=None)
+    open_page(browser, f"{server.url}/#/runs/{run_id}")
+    wait(browser, lambda d: d.execute_script("return window.falconDashboard.streamOpen") is False and
+         d.execute_script("return window.falconDashboard.charts.loss.data[0].length") == 40, "the run's losses")
+    steps, training, held_out = browser.execute_script("return window.falconDashboard.charts.loss.data;")
+    assert steps == [r["step"] for r in rows] == list(range(40))
+    assert np.allclose(training, [r["loss"] for r in rows]) and np.allclose(held_out, [r["held_out_loss"] for r in rows])
+    assert len(set(np.round(held_out, 6))) > 10  # a value per batch, not one repeated
+    legend = browser.execute_script(
+        "return [...document.querySelectorAll('#chart-loss .u-legend .u-value')].map(v => v.textContent);")
+    assert legend[0] == "39" and float(legend[2]) == pytest.approx(held_out[-1], rel=1e-3)
 
 
 def test_the_stop_button_is_disabled_while_the_run_is_stopping(browser, server, sessions):  # noqa: F811

@@ -32,7 +32,8 @@ const dash = (window.falconDashboard = {
 });
 
 function emptySeries() {
-  return { steps: [], std_ratio: [], bias: [], waits: [], ...Object.fromEntries(LAYERS.map(([key]) => [key, []])) };
+  return { steps: [], std_ratio: [], bias: [], loss: [], held_out_loss: [], waits: [],
+           ...Object.fromEntries(LAYERS.map(([key]) => [key, []])) };
 }
 
 // ---- runs list ------------------------------------------------------------------------
@@ -206,6 +207,19 @@ function logChart(target, label, color, reference) {
   return new uPlot(opts, series.map(() => []), target);
 }
 
+// The training loss (on the step's batch) and, for an estimator with a density (the flow), the
+// held-out loss (on each fresh batch before any step saw it): the two parting is overfitting.
+function lossChart(target) {
+  const series = [{ label: "step", value: (u, v) => (v == null ? "–" : String(v)) },
+                  { label: "training", stroke: "#27a", width: 1.5, spanGaps: true, points: { show: false },
+                    value: legendValue },
+                  { label: "held out", stroke: "#c52", width: 1.5, spanGaps: true, points: { show: false },
+                    value: legendValue }];
+  const opts = { width: 440, height: 240, scales: { x: { time: false } }, series, legend: { show: true },
+                 hooks: legendHooks, axes: [{ label: "step" }, { size: 60, values: (u, vals) => vals.map(tick) }] };
+  return new uPlot(opts, series.map(() => []), target);
+}
+
 function bufferChart(target) {
   const series = [{ label: "step", value: (u, v) => (v == null ? "–" : String(v)) }];
   // Drawn as cumulative sums, largest first, so each fill shows one layer of the stack; the
@@ -225,11 +239,12 @@ function fmtCount(v) {
 }
 
 function makeCharts() {
-  for (const id of ["#chart-buffer", "#chart-std-ratio", "#chart-bias"]) $(id).replaceChildren();
+  for (const id of ["#chart-buffer", "#chart-std-ratio", "#chart-bias", "#chart-loss"]) $(id).replaceChildren();
   dash.charts = {
     buffer: bufferChart($("#chart-buffer")),
     std: logChart($("#chart-std-ratio"), "std_ratio", "#27a", { label: "calibrated", at: 1 }),
     bias: logChart($("#chart-bias"), "|bias|/σ", "#c52"),
+    loss: lossChart($("#chart-loss")),
   };
 }
 
@@ -240,7 +255,7 @@ function positive(v) {
 function thin(series) {
   // Keep at most MAX_POINTS per chart by dropping every other point.
   if (series.steps.length > MAX_POINTS) {
-    for (const key of ["steps", "std_ratio", "bias", ...LAYERS.map(([k]) => k)]) {
+    for (const key of ["steps", "std_ratio", "bias", "loss", "held_out_loss", ...LAYERS.map(([k]) => k)]) {
       series[key] = series[key].filter((_, i) => i % 2 === 0);
     }
   }
@@ -250,6 +265,7 @@ function drawCharts() {
   const s = dash.series;
   dash.charts.std.setData([s.steps, s.std_ratio, s.steps.map(() => 1)]);
   dash.charts.bias.setData([s.steps, s.bias]);
+  dash.charts.loss.setData([s.steps, s.loss, s.held_out_loss]);
   const cumulative = [];
   let running = s.steps.map(() => 0);
   for (const [key] of LAYERS) {
@@ -263,6 +279,10 @@ function count(v) {
   return typeof v === "number" ? v : null;
 }
 
+function finite(v) {
+  return typeof v === "number" && Number.isFinite(v) ? v : null;
+}
+
 function onDiagnostics(payload) {
   const s = dash.series;
   for (const row of payload.rows) {
@@ -270,6 +290,8 @@ function onDiagnostics(payload) {
     s.steps.push(row.step);
     s.std_ratio.push(positive(row.std_ratio));
     s.bias.push(positive(bias));
+    s.loss.push(finite(row.loss));
+    s.held_out_loss.push(finite(row.held_out_loss));
     const trainable = count(row.trainable), prior = count(row.trainable_prior);
     s.validation.push(count(row.validation));
     s.trainable_prior.push(prior);
