@@ -262,6 +262,19 @@ class AdaptiveQuotaConfig(Strict):
         return self
 
 
+def number_or_adaptive(v: float | str, fits, number: str, bounds: str) -> float | str:
+    """A field that is a finite number that `fits`, or "adaptive", with one clear error for
+    either form (a plain union would report one per member): `number` names the numbers in the
+    error for a string, `bounds` in the error for a number."""
+    if isinstance(v, str):
+        if v != "adaptive":
+            raise ValueError(f'must be {number} or "adaptive", got {v!r}')
+        return v
+    if not (math.isfinite(v) and fits(v)):
+        raise ValueError(f"must be {bounds}, got {v}")
+    return v
+
+
 class BufferConfig(Strict):
     validation_size: NonNegInt = 0
     min_training: NonNegInt = 128
@@ -281,14 +294,8 @@ class BufferConfig(Strict):
     @field_validator("prior_fraction")
     @classmethod
     def _fraction_or_adaptive(cls, v: float | str) -> float | str:
-        """One clear error for both forms (a plain union would report one per member)."""
-        if isinstance(v, str):
-            if v != "adaptive":
-                raise ValueError(f'must be a number in [0, 1] or "adaptive", got {v!r}')
-            return v
-        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-            raise ValueError(f"must be greater than or equal to 0 and less than or equal to 1, got {v}")
-        return v
+        return number_or_adaptive(v, lambda f: 0.0 <= f <= 1.0, "a number in [0, 1]",
+                                  "greater than or equal to 0 and less than or equal to 1")
 
     @property
     def initial_fraction(self) -> float:
@@ -328,14 +335,7 @@ class TrainingConfig(Strict):
     @field_validator("weight_decay")
     @classmethod
     def _decay_or_adaptive(cls, v: float | str) -> float | str:
-        """One clear error for both forms (as `buffer.prior_fraction`)."""
-        if isinstance(v, str):
-            if v != "adaptive":
-                raise ValueError(f'must be a number >= 0 or "adaptive", got {v!r}')
-            return v
-        if not (math.isfinite(v) and v >= 0.0):
-            raise ValueError(f'must be a number >= 0 or "adaptive", got {v}')
-        return v
+        return number_or_adaptive(v, lambda d: d >= 0.0, "a number >= 0", 'a number >= 0 or "adaptive"')
     diagnostics_every: PositiveInt = 1
     c2st_every: PositiveInt | None = Field(
         default=None,
