@@ -16,6 +16,7 @@ gap is that of the first batch after a step. Plain Python: the state is two floa
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 TRAIN_SMOOTHING = 0.1  # the training loss's moving average, per optimizer step
@@ -31,7 +32,7 @@ class DecayControl:
 
     def observe_step(self, loss: float) -> None:
         """Take in an optimizer step's training loss (a non-finite one is passed over)."""
-        if loss == loss and abs(loss) != float("inf"):
+        if math.isfinite(loss):
             self.train = loss if self.train is None else (1 - TRAIN_SMOOTHING) * self.train + TRAIN_SMOOTHING * loss
 
     def observe_held_out(self, held_out_loss: float) -> float | None:

@@ -163,14 +163,29 @@ def weight_stats(w: torch.Tensor, n: int) -> dict:
     return {"ess": float(1.0 / (n * float((w * w).sum()))), "w_max": float(w.max()) * n}
 
 
-def density_step(est: DensityEstimator, opt: Optimizer, batch) -> dict:
-    """One optimizer step of an estimator with its own loss; returns ``loss``, ``ess``, ``w_max``."""
+def density_inputs(est: DensityEstimator, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """theta ``(n, D)``, x flattened ``(n, x_dim)`` and the importance weights (None without IW)
+    of `rows`, as an estimator with its own loss takes them, on its device."""
     device = device_of(est)
-    theta = torch.as_tensor(batch.theta, dtype=est.dtype, device=device)
-    x = torch.as_tensor(batch.x, dtype=est.dtype, device=device).reshape(len(theta), -1)
+    theta = torch.as_tensor(rows.theta, dtype=est.dtype, device=device)
+    x = torch.as_tensor(rows.x, dtype=est.dtype, device=device).reshape(len(theta), -1)
     w = None
     if est.importance_weighting:
-        w = torch.as_tensor(iw_weights(batch.log_prior, batch.log_q), dtype=est.dtype, device=device)
+        w = torch.as_tensor(iw_weights(rows.log_prior, rows.log_q), dtype=est.dtype, device=device)
+    return theta, x, w
+
+
+def held_out_loss(est: DensityEstimator, rows) -> float:
+    """The loss of an estimator with its own density on `rows`, as a step would take it but
+    without the step: no gradient, no update of its standardisation."""
+    theta, x, w = density_inputs(est, rows)
+    with torch.no_grad():
+        return float(est.loss(theta, x, w))
+
+
+def density_step(est: DensityEstimator, opt: Optimizer, batch) -> dict:
+    """One optimizer step of an estimator with its own loss; returns ``loss``, ``ess``, ``w_max``."""
+    theta, x, w = density_inputs(est, batch)
     est.observe(theta, x)
     loss = est.loss(theta, x, w)
     clear_grads(opt)

@@ -210,21 +210,12 @@ def held_out_loss(est, batch: Samples) -> dict:
     no simulation. Falling, the flow learns the posterior; rising while the training loss falls,
     it learns the pool (docs/flows.md, "Overfitting seen as it happens"). {} for another
     estimator, or a batch with no finite row."""
-    from falcon_lite.core.training import trains_its_own_density
+    from falcon_lite.core import training
 
     keep = finite_rows(batch.x)
-    if not trains_its_own_density(est) or not np.any(keep):
+    if not training.trains_its_own_density(est) or not np.any(keep):
         return {}
-    import torch
-
-    from falcon_lite.core.training import iw_weights
-
-    theta, x = batch.theta[keep], batch.x[keep].reshape(int(np.count_nonzero(keep)), -1)
-    w = None
-    if est.importance_weighting:
-        w = torch.as_tensor(iw_weights(batch.log_prior[keep], batch.log_q[keep]), dtype=est.dtype)
-    with torch.no_grad():
-        return {"held_out_loss": float(est.loss(theta, x, w))}
+    return {"held_out_loss": training.held_out_loss(est, batch.take(keep))}
 
 
 SOUND_EVERY = 50  # steps between snapshots of a healthy run (adaptive rollback)
