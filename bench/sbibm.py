@@ -103,7 +103,8 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
     4000). The first 40 % of the steps
     draw from the prior (the warm-up); after it, TSNPE (``proposal.method = "truncated"``): the
     prior restricted to the flow's highest-density region at x_obs, a new region every 4
-    batches, with a prior quota of 25 %. Adam at 2e-3 through the warm-up, then falling along
+    batches, its threshold from 2000 of the flow's draws (10 000 by default: the same KL on
+    gaussian_linear in 0.65 of the CPU time, docs/flows.md), with a prior quota of 25 %. Adam at 2e-3 through the warm-up, then falling along
     a cosine to zero at the last step, with Adam's L2 weight decay set after every batch from the
     gap between the flow's held-out and training losses (``training.weight_decay = "adaptive"``,
     core/decay.py: up to 0.2 where the flow learns the pool, as in ten dimensions, near 0 where it
@@ -119,7 +120,7 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
         "problem": {"name": task, "x_obs": np.asarray(x_obs, np.float64).tolist()},
         "estimator": {"name": "flow", "flow": "nsf", "transforms": 5, "hidden": [50, 50], "bins": 10,
                       "activation": "relu", "normalize": True, "dtype": "float32", "passes": 2},
-        "proposal": {"method": "truncated", "region_every": 4 * k},
+        "proposal": {"method": "truncated", "region_every": 4 * k, "region_draws": 2000},
         "buffer": {"simulations_per_step": per_batch, "min_training": 0, "max_training": budget,
                    "prior_fraction": 0.25},
         "runtime": {"steps_per_batch": k},

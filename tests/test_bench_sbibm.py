@@ -85,6 +85,7 @@ def test_falcon_config_with_fewer_steps_per_batch_spends_the_same_budget():
     assert sbibm.simulations_of(config) == 1000
     assert (run.runtime.steps_per_batch, run.training.steps, run.training.warmup_steps) == (5, 500, 200)
     assert run.proposal.region_every == 20  # a region every four batches, as with the plan's k
+    assert run.proposal.region_draws == 2000  # its threshold from 2000 draws (docs/flows.md)
 
 
 def test_table_on_made_up_numbers():
