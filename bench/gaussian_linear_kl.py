@@ -7,10 +7,10 @@ each side's final posterior, KL(exact || q) by Monte Carlo over 4000 exact draws
 observation and seed before the C2ST bench. Beside the KL, over the same exact draws, the
 accuracy of the best classifier between the two posteriors (`best_accuracy`: what C2ST's
 classifier would reach with unlimited samples), and from 4000 of each side's draws, its mean's
-shift and its widths in the exact posterior's units (`moments_against`). Each side as bench/sbibm.py runs it: falcon-lite's
-`falcon_config` at each of `--steps-per-batch` (k; `--falcon-config` merges in), sbi's
-multi-round NPE; one thread, subnormal floats flushed for the process (as bench/sbibm.py), CPU
-seconds to the final posterior. Records go to `--results` (JSON lines) as they are measured.
+shift and its widths in the exact posterior's units (`moments_against`). Each side as
+bench/sbibm.py runs it: falcon-lite's `falcon_config` at each of `--steps-per-batch` (k;
+`--falcon-config` merges in), sbi's multi-round NPE; one thread, subnormal floats flushed for
+the process (as bench/sbibm.py), CPU seconds to the final posterior. Records go to `--results` (JSON lines) as they are measured.
 
     .venv/bin/python bench/gaussian_linear_kl.py [--obs 1 2 3] [--seeds 0 1 2] [--budget 1000] \\
         [--steps-per-batch 5 3] [--sides falcon sbi] [--falcon-config '{...}']
@@ -105,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                     with args.results.open("a") as out:
                         out.write(json.dumps(record) + "\n")
                     print(f"obs {k} seed {seed} {label}: KL {kl:.3f}, best accuracy {record['best_accuracy']:.3f}, "
-                          f"mean shift {record['mean_shift']:.3f} (towards the prior's {record['toward_prior']:.2f}), widths {record['width_ratio']:.3f}, "
-                          f"CPU {times['cpu_s']:.1f} s", flush=True)
+                          f"mean shift {record['mean_shift']:.3f} (towards the prior's {record['toward_prior']:.2f}), "
+                          f"widths {record['width_ratio']:.3f}, CPU {times['cpu_s']:.1f} s", flush=True)
                     rows.setdefault((k, label), []).append((kl, times["cpu_s"]))
         engine.dispose()
     refs.close()
