@@ -10,7 +10,8 @@ classifier would reach with unlimited samples), and from 4000 of each side's dra
 shift and its widths in the exact posterior's units (`moments_against`). Each side as
 bench/sbibm.py runs it: falcon-lite's `falcon_config` at each of `--steps-per-batch` (k;
 `--falcon-config` merges in), sbi's multi-round NPE; one thread, subnormal floats flushed for
-the process (as bench/sbibm.py), CPU seconds to the final posterior. Records go to `--results` (JSON lines) as they are measured.
+the process (as bench/sbibm.py), CPU seconds to the final posterior. Records go to `--results`
+(JSON lines) as they are measured.
 
     .venv/bin/python bench/gaussian_linear_kl.py [--obs 1 2 3] [--seeds 0 1 2] [--budget 1000] \\
         [--steps-per-batch 5 3] [--sides falcon sbi] [--falcon-config '{...}']
@@ -101,13 +102,12 @@ def main(argv: list[str] | None = None) -> None:
                               "kl": kl_exact_to(log_q, exact), "best_accuracy": best_accuracy(log_q, exact),
                               **moments_against(np.asarray(draws), exact), **times,
                               "falcon_config": overrides if side == "falcon" else None}
-                    kl = record["kl"]
                     with args.results.open("a") as out:
                         out.write(json.dumps(record) + "\n")
-                    print(f"obs {k} seed {seed} {label}: KL {kl:.3f}, best accuracy {record['best_accuracy']:.3f}, "
+                    print(f"obs {k} seed {seed} {label}: KL {record['kl']:.3f}, best accuracy {record['best_accuracy']:.3f}, "
                           f"mean shift {record['mean_shift']:.3f} (towards the prior's {record['toward_prior']:.2f}), "
                           f"widths {record['width_ratio']:.3f}, CPU {times['cpu_s']:.1f} s", flush=True)
-                    rows.setdefault((k, label), []).append((kl, times["cpu_s"]))
+                    rows.setdefault((k, label), []).append((record["kl"], times["cpu_s"]))
         engine.dispose()
     refs.close()
     print(f"\ngaussian_linear, budget {args.budget}: KL(exact || final posterior), nats, mean ± sd over seeds")

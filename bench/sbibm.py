@@ -105,10 +105,11 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
     prior restricted to the flow's highest-density region at x_obs, a new region every 4
     batches, its threshold from 2000 of the flow's draws (10 000 by default: the same KL on
     gaussian_linear in 0.65 of the CPU time, docs/flows.md), with a prior quota of 25 %. Adam
-    at 2e-3 through the warm-up, then falling along a cosine to zero at the last step, with Adam's L2 weight decay set after every batch from the
-    gap between the flow's held-out and training losses (``training.weight_decay = "adaptive"``,
-    core/decay.py: up to 0.2 where the flow learns the pool, as in ten dimensions, near 0 where it
-    does not; a fixed 0.1 before, which cost two_moons its match). Every simulation stays in the training pool
+    at 2e-3 through the warm-up, then falling along a cosine to zero at the last step, with
+    Adam's L2 weight decay set after every batch from the gap between the flow's held-out and
+    training losses (``training.weight_decay = "adaptive"``, core/decay.py: up to 0.2 where the
+    flow learns the pool, as in ten dimensions, near 0 where it does not; a fixed 0.1 before,
+    which cost two_moons its match). Every simulation stays in the training pool
     (max_training = budget), as sbi keeps all its rounds. `steps_per_batch` replaces the plan's k
     (the steps, warm-up and region cadence follow it); `overrides` merge in last (`deep_merge`).
     """
