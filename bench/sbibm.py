@@ -109,7 +109,9 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
     Adam's L2 weight decay set after every batch from the gap between the flow's held-out and
     training losses (``training.weight_decay = "adaptive"``, core/decay.py: up to 0.2 where the
     flow learns the pool, as in ten dimensions, near 0 where it does not; a fixed 0.1 before,
-    which cost two_moons its match). Every simulation stays in the training pool
+    which cost two_moons its match), and the early stop (``training.early_stop``, limit 1 nat,
+    min_share 0.2): where that gap is above a nat, only k x 1 / gap of a batch's k steps are
+    taken, down to one. Every simulation stays in the training pool
     (max_training = budget), as sbi keeps all its rounds. `steps_per_batch` replaces the plan's k
     (the steps, warm-up and region cadence follow it); `overrides` merge in last (`deep_merge`).
     """
@@ -126,7 +128,8 @@ def falcon_config(task: str, x_obs, budget: int, seed: int, overrides: dict | No
                    "prior_fraction": 0.25},
         "runtime": {"steps_per_batch": k},
         "training": {"steps": steps, "warmup_steps": round(0.4 * steps), "batch_size": 256, "lr": 2e-3,
-                     "lr_after_warmup": 2e-3, "lr_decay": "cosine", "weight_decay": "adaptive", "diagnostics_every": 100,
+                     "lr_after_warmup": 2e-3, "lr_decay": "cosine", "weight_decay": "adaptive",
+                     "early_stop": {"limit": 1.0, "min_share": 0.2}, "diagnostics_every": 100,
                      "checkpoint_every": steps, "seed": seed},
     }
     return deep_merge(config, overrides or {})
@@ -246,14 +249,15 @@ def table(records: list[dict]) -> str:
         for side in ("falcon", "sbi"):
             rows = sides.get(side, [])
             if rows:
-                cells[side] = {"c2st": mean_sd([r["c2st"] for r in rows]), "n": len(rows),
+                scored = [r["c2st"] for r in rows if r["c2st"] is not None]  # (None: timed only)
+                cells[side] = {"c2st": mean_sd(scored) if scored else None, "n": len(rows),
                                **{k: mean_sd([r[k] for r in rows])[0] if all(k in r for r in rows) else None
                                   for k in ("wall_s", "cpu_s")}}
         f, s = cells.get("falcon"), cells.get("sbi")
         seeds = "/".join(str(cells[k]["n"]) for k in ("falcon", "sbi") if k in cells)
 
         def c2st_cell(v):
-            if v is None:
+            if v is None or v["c2st"] is None:
                 return "–"
             mean, sd = v["c2st"]
             return f"{mean:.3f}" + ("" if math.isnan(sd) else f" ± {sd:.3f}")
@@ -265,7 +269,7 @@ def table(records: list[dict]) -> str:
             return "–" if a is None or b is None else f"{a / b:.2f}"
 
         row = [task, str(obs), str(budget), seeds, c2st_cell(f), c2st_cell(s),
-               ratio(f and f["c2st"][0], s and s["c2st"][0])]
+               ratio(f and f["c2st"] and f["c2st"][0], s and s["c2st"] and s["c2st"][0])]
         for key in ("wall_s", "cpu_s"):
             row += [seconds(f, key), seconds(s, key), ratio(f and f[key], s and s[key])]
         lines.append("| " + " | ".join(row) + " |")
@@ -295,6 +299,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--keep-subnormals", action="store_true",
                    help="the process does not flush subnormal floats (falcon-lite's network still does)")
     p.add_argument("--draws", type=int, default=DRAWS)
+    p.add_argument("--time-only", action="store_true",
+                   help="time each side to its final posterior, no C2ST (records with c2st null): both sides "
+                   "one after the other in one process, for CPU ratios taken side by side")
     p.add_argument("--cache", type=Path, default=sbibm_refs.CACHE, help="where the sbibm wheel is kept")
     p.add_argument("--results", type=Path, default=Path(tempfile.gettempdir()) / "falcon-lite-sbibm.jsonl")
     p.add_argument("--table-only", action="store_true", help="print the table of --results and stop")
@@ -338,18 +345,27 @@ def main(argv: list[str] | None = None) -> None:
                                     raise SystemExit(f"the falcon-lite config spends {simulations_of(config)} "
                                                      f"simulations, not the budget {budget}")
                                 warm_reference(config)
-                                samples, times = run_falcon(engine, config, args.draws, seed)
+                                if args.time_only:
+                                    samples, times = None, falcon_run(engine, config)[1]
+                                else:
+                                    samples, times = run_falcon(engine, config, args.draws, seed)
                                 extra = {"config": config, "process_flushes": not args.keep_subnormals}
                             else:
-                                samples, times = run_sbi(problem, x_obs, budget, rounds, seed, args.draws, sbi_train)
+                                if args.time_only:
+                                    samples, times = None, sbi_posterior(problem, x_obs, budget, rounds, seed, sbi_train)[1]
+                                else:
+                                    samples, times = run_sbi(problem, x_obs, budget, rounds, seed, args.draws, sbi_train)
                                 extra = {"rounds": rounds, "train": sbi_train}
                             t0 = time.perf_counter()
-                            score = c2st(reference, samples)
+                            score = None if samples is None else c2st(reference, samples)
+                            if score is not None:
+                                extra["c2st_s"] = time.perf_counter() - t0
                             record = {"task": task, "obs": k, "budget": budget, "seed": seed, "side": side,
-                                      "c2st": score, **times, "c2st_s": time.perf_counter() - t0, **extra}
+                                      "c2st": score, **times, **extra}
                             with args.results.open("a") as out:
                                 out.write(json.dumps(record) + "\n")
-                            print(f"{task} obs {k} budget {budget} seed {seed} {side}: C2ST {score:.3f}, "
+                            scored = "timed only" if score is None else f"C2ST {score:.3f}"
+                            print(f"{task} obs {k} budget {budget} seed {seed} {side}: {scored}, "
                                   f"wall {times['wall_s']:.1f} s, CPU {times['cpu_s']:.1f} s", flush=True)
         engine.dispose()
     refs.close()

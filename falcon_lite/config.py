@@ -312,6 +312,17 @@ class AdaptiveDecayConfig(Strict):
         "below it the decay is in proportion.")
 
 
+class EarlyStopConfig(Strict):
+    """`training.early_stop`: of each batch's k optimizer steps, fewer where the held-out gap is
+    wide (core/decay.py)."""
+
+    limit: PositiveFloat = Field(
+        1.0, description="The gap (held-out loss minus training loss, nats) above which a batch's later steps are "
+        "passed over: of its k steps, k * limit / gap are taken.")
+    min_share: float = Field(0.2, gt=0.0, le=1.0, allow_inf_nan=False,
+                             description="The least share of a batch's steps taken (at least one).")
+
+
 class TrainingConfig(Strict):
     steps: PositiveInt = 10_000
     batch_size: PositiveInt = 128
@@ -331,6 +342,12 @@ class TrainingConfig(Strict):
         examples=[0.1, "adaptive"],
     )
     adaptive_decay: AdaptiveDecayConfig = Field(default_factory=AdaptiveDecayConfig)
+    early_stop: EarlyStopConfig | None = Field(
+        None, description="An estimator with a density, k steps per batch (`runtime.steps_per_batch`): a batch's "
+        "later optimizer steps are passed over while its held-out gap is wide, sbi's early stop made for a stream "
+        "(core/decay.py; docs/flows.md). null: every step is taken.",
+        examples=[{"limit": 1.0, "min_share": 0.2}],
+    )
 
     @field_validator("weight_decay")
     @classmethod

@@ -86,6 +86,7 @@ def test_falcon_config_with_fewer_steps_per_batch_spends_the_same_budget():
     assert (run.runtime.steps_per_batch, run.training.steps, run.training.warmup_steps) == (5, 500, 200)
     assert run.proposal.region_every == 20  # a region every four batches, as with the plan's k
     assert run.proposal.region_draws == 2000  # its threshold from 2000 draws (docs/flows.md)
+    assert (run.training.early_stop.limit, run.training.early_stop.min_share) == (1.0, 0.2)  # docs/flows.md
 
 
 def test_table_on_made_up_numbers():
@@ -100,6 +101,16 @@ def test_table_on_made_up_numbers():
     assert lines[2] == "| two_moons | 1 | 1000 | 1 | 0.600 | – | – | 5.0 | – | – | – | – | – |"  # sbibm's order
     assert lines[3] == ("| slcp | 1 | 1000 | 2/2 | 0.850 ± 0.071 | 0.900 ± 0.000 | 0.94 | 10.0 | 40.0 | 0.25 "
                         "| 5.0 | 20.0 | 0.25 |")
+
+
+def test_table_takes_timed_only_records_into_the_times_not_the_c2st():
+    """--time-only records (c2st null) count in a cell's seeds and times, not in its C2ST."""
+    records = [{"task": "two_moons", "obs": 1, "budget": 1000, "seed": 0, "side": side, "c2st": None,
+                "wall_s": w, "cpu_s": w} for side, w in (("falcon", 10.0), ("sbi", 40.0))]
+    records.append({"task": "two_moons", "obs": 1, "budget": 1000, "seed": 1, "side": "falcon", "c2st": 0.6,
+                    "wall_s": 20.0, "cpu_s": 20.0})
+    lines = sbibm.table(records).splitlines()
+    assert lines[2] == "| two_moons | 1 | 1000 | 2/1 | 0.600 | – | – | 15.0 | 40.0 | 0.38 | 15.0 | 40.0 | 0.38 |"
 
 
 def test_table_only_prints_what_the_results_file_holds(tmp_path, capsys):
@@ -130,3 +141,18 @@ def test_a_tiny_falcon_run_on_a_fake_wheel_is_scored(tmp_path):
         engine.dispose()
     assert draws.shape == (200, 2) and np.isfinite(draws).all() and times["wall_s"] > 0 and times["cpu_s"] > 0
     assert 0.0 <= c2st(refs.samples("two_moons", 1), draws, max_iter=200) <= 1.0
+
+
+def test_time_only_records_a_run_with_no_score(tmp_path, capsys):
+    """`--time-only` end to end on a fake wheel (falcon-lite's side): a record with c2st null,
+    its times and config, no classifier's time, and the table's row with its seeds and times."""
+    x_obs = np.array([0.1, -0.2], np.float32)
+    fake_wheel(tmp_path / sbibm_refs.WHEEL, "two_moons", x_obs, np.zeros((10, 2)))
+    results = tmp_path / "r.jsonl"
+    sbibm.main(["--tasks", "two_moons", "--obs", "1", "--budgets", "40", "--seeds", "0", "--sides", "falcon",
+                "--time-only", "--falcon-config", '{"estimator": {"hidden": [8, 8], "transforms": 1}}',
+                "--cache", str(tmp_path), "--results", str(results)])
+    (record,) = sbibm.load(results)
+    assert record["c2st"] is None and "c2st_s" not in record and record["cpu_s"] > 0
+    assert record["config"]["training"]["early_stop"] == {"limit": 1.0, "min_share": 0.2}
+    assert "| two_moons | 1 | 40 | 1 | – | – | – |" in capsys.readouterr().out

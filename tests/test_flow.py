@@ -407,10 +407,11 @@ def test_a_coupling_flow_conditions_half_the_parameters_on_the_other_half_and_in
     with pytest.raises(ValidationError, match="passes"):
         EstimatorConfig(name="flow", passes=1)
 
-@pytest.mark.parametrize("decay", [0.0, "adaptive"])
+@pytest.mark.parametrize("decay", [0.0, "adaptive", "early stop"])
 def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path, decay):
     """A 300-step run (100 prior-only warm-up steps) stopped at step 150 and resumed equals one
-    never stopped; with the adaptive weight decay too (its state is in the checkpoint)."""
+    never stopped; with the adaptive weight decay too (its state is in the checkpoint), and with
+    the early stop at 4 steps per batch beside a fixed decay (a resume in the middle of a batch)."""
     from falcon_lite.engine.inline import run_inline
     from falcon_lite.store import runs
     from falcon_lite.store.db import make_engine, migrate, session_factory
@@ -422,8 +423,11 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path, decay):
         "estimator.flow": "maf", "simulator.sigma_obs": 0.1,
         "training.steps": 300, "training.warmup_steps": 100, "training.checkpoint_every": 50,
         "buffer.simulations_per_step": 32, "buffer.min_training": 32, "buffer.max_training": 32,
-        "training.batch_size": 32, "training.weight_decay": decay,
+        "training.batch_size": 32, "training.weight_decay": 0.1 if decay == "early stop" else decay,
     })
+    if decay == "early stop":  # beside a fixed decay; a limit low enough that this run passes steps over
+        config = with_overrides(config, {"training.early_stop": {"limit": 0.01, "min_share": 0.25},
+                                         "runtime.steps_per_batch": 4})
     engine = make_engine(url)
 
     def run(stop_at=None):
@@ -447,7 +451,15 @@ def test_inline_run_with_a_flow_stops_and_resumes_exactly(tmp_path, decay):
     assert [r["step"] for r in straight] == list(range(300))
     assert resumed == straight
     assert all(np.isfinite(r["std_ratio"]) for r in straight)
+    if decay == "early stop":  # a fresh batch every 4 steps; a count of the steps passed over in every row
+        assert [r["step"] for r in straight if "held_out_loss" in r] == list(range(0, 300, 4))
+        assert "coverage_68" in straight[-4]
+        passed = [r["passed_steps"] for r in straight]
+        assert passed == sorted(passed) and 0 < passed[-1] <= 225 and passed[:4] == [0.0] * 4
+        assert all("weight_decay" not in r for r in straight)  # the fixed decay stays as it is
+        return
     assert "coverage_68" in straight[-1]  # the held-out checks ran on the flow's posterior_batch
+    assert "passed_steps" not in straight[-1]
     assert all(np.isfinite(r["held_out_loss"]) for r in straight)  # every step took a fresh batch in
     decays = [r.get("weight_decay") for r in straight]
     if decay == "adaptive":  # set from the first batch after a step on
@@ -475,6 +487,47 @@ def test_the_adaptive_decay_follows_the_gap_by_hand():
         last = control.observe_held_out(-20.0)  # rows it has not seen score better: no decay
     assert last == 0.0
     assert DecayControl(**control.to_dict()) == control
+
+
+def test_the_early_stop_takes_fewer_of_a_batchs_steps_as_the_gap_widens_by_hand():
+    """core/decay.py's `steps_to_take` on numbers checked by hand: every step while the gap is
+    unknown or within the limit; k * limit / gap rounded above it, down to k * min_share, and
+    never none. A followed gap with a fixed decay sets no decay."""
+    from falcon_lite.core.decay import DecayControl
+
+    control = DecayControl(ceiling=None, scale=2.0)
+    assert control.steps_to_take(5, 1.0, 0.2) == 5  # no gap yet
+    control.observe_step(1.0)
+    assert control.observe_held_out(1.5) is None and control.gap == pytest.approx(0.5)  # a fixed decay: unchanged
+    assert control.steps_to_take(5, 1.0, 0.2) == 5  # within the limit
+    control.gap = 2.0
+    assert control.steps_to_take(5, 1.0, 0.2) == 2  # 5 * 1 / 2 = 2.5, rounded to even
+    assert control.steps_to_take(10, 1.0, 0.2) == 5
+    control.gap = 4.0
+    assert control.steps_to_take(5, 1.0, 0.2) == 1  # 1.25
+    assert control.steps_to_take(5, 1.0, 0.5) == 2  # min_share: 2.5
+    control.gap = 100.0
+    assert control.steps_to_take(10, 1.0, 0.2) == 2
+    assert control.steps_to_take(2, 1.0, 0.1) == 1  # never none
+    assert DecayControl(**control.to_dict()) == control
+    old = {"ceiling": 0.2, "scale": 2.0, "train": 1.0, "gap": 0.5}  # a checkpoint from before the early stop
+    assert DecayControl(**old).passed == 0
+
+
+def test_the_early_stop_is_for_a_density_trained_k_steps_a_batch():
+    from falcon_lite.engine.problem import ConfigError, check_config
+
+    early = {"training.early_stop": {"limit": 1.0}, "runtime.steps_per_batch": 5}
+    with pytest.raises(ConfigError, match="follows the held-out loss") as err:
+        check_config(with_overrides(RunConfig(), early))
+    assert err.value.loc == ("training", "early_stop")
+    flow = {**early, "estimator.name": "flow"}
+    with pytest.raises(ConfigError, match="needs runtime.steps_per_batch = k"):
+        check_config(with_overrides(RunConfig(), {**flow, "runtime.steps_per_batch": None}))
+    check_config(with_overrides(RunConfig(), flow))
+    for bad in ({"limit": 0.0}, {"min_share": 0.0}, {"min_share": 1.5}, {"min_share": float("nan")}, {"gap": 1.0}):
+        with pytest.raises(ValidationError, match="early_stop"):
+            with_overrides(RunConfig(), {"training.early_stop": bad})
 
 
 def test_the_adaptive_decay_is_for_an_estimator_with_a_density():

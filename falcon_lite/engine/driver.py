@@ -57,12 +57,13 @@ class Driver:
         loop.follow(self.state, self.mirror, batch, delta)
         self.checks = loop.held_out(self.state, batch) or self.checks
 
-    def train_one(self, annotate: Callable[[dict], None] | None = None) -> dict | None:
-        """One optimizer step; its metrics row (`annotate`d) is recorded when diagnostics are due,
-        a checkpoint written when one is, and the buffer purged every PURGE_EVERY steps."""
+    def train_one(self, annotate: Callable[[dict], None] | None = None, passed: bool = False) -> dict | None:
+        """One optimizer step (none where the early stop `passed` over it); its metrics row
+        (`annotate`d) is recorded when diagnostics are due, a checkpoint written when one is, and
+        the buffer purged every PURGE_EVERY steps."""
         state = self.state
         step = state.step
-        row = loop.train_and_diagnose(state, self.store, self.mirror, step, self.checks)
+        row = loop.train_and_diagnose(state, self.store, self.mirror, step, self.checks, passed)
         if row is not None:
             if annotate is not None:
                 annotate(row)
@@ -104,7 +105,8 @@ class Driver:
                 self.ingest(*arrived)
                 credit = limit
             step = state.step
-            row = self.train_one(annotate)
+            # the early stop (training.early_stop) may pass over the later of a batch's k steps
+            row = self.train_one(annotate, limit is not None and loop.passes_over(state, limit - credit))
             credit = max(credit - 1, 0)
             if after_step is not None:
                 after_step(step, row)

@@ -235,15 +235,16 @@ def respond(state: RunState, raised: bool) -> None:
 
 
 def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step: int,
-                       checks: dict | None = None) -> dict | None:
-    """Disfavour stale proposal samples, take one optimizer step, and return the metrics row
-    (with the held-out `checks` of the step's fresh batch) when diagnostics are due."""
+                       checks: dict | None = None, passed: bool = False) -> dict | None:
+    """Disfavour stale proposal samples, take one optimizer step (none where the early stop
+    `passed` over it), and return the metrics row (with the held-out `checks` of the step's
+    fresh batch) when diagnostics are due."""
     if store.sizes.prior_fraction != state.prior_fraction:  # the adaptive quota moved
         store.sizes = sizes_of(state)
     seqs = disfavoured(state, mirror, step)
     if len(seqs):
         mirror.apply(store.disfavour(seqs))
-    stats = train(state, mirror, step)
+    stats = passed_over(state) if passed else train(state, mirror, step)
     state.step = step + 1
     every = state.config.training.diagnostics_every
     sampled = sample_checks(state, mirror, step)
@@ -253,6 +254,22 @@ def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step
         row.update(sampled)
         return row
     return None
+
+
+def passes_over(state: RunState, position: int) -> bool:
+    """`training.early_stop`: whether the step at `position` of a batch's k steps (0: the first
+    after the batch came in) is passed over, as the held-out gap says (core/decay.py)."""
+    early = state.config.training.early_stop
+    if early is None or state.decay is None:
+        return False
+    k = state.config.runtime.steps_per_batch or 1
+    return position >= state.decay.steps_to_take(k, early.limit, early.min_share)
+
+
+def passed_over(state: RunState) -> dict:
+    """A step the early stop passes over: no optimizer step; its loss is the running training loss."""
+    state.decay.passed += 1
+    return {"loss": state.decay.train, "ess": 1.0}
 
 
 def train(state: RunState, mirror: Mirror, step: int) -> dict:
@@ -304,6 +321,8 @@ def diagnose(state: RunState, step: int, stats: dict, mirror: Mirror) -> dict:
     row["proposal_width"] = float(np.max(np.sqrt(var * state.config.proposal.temperature)))
     row["prior_fraction"] = state.prior_fraction
     row["prior_drawn_share"] = state.drawn_prior / state.drawn_total if state.drawn_total else 0.0
+    if state.config.training.early_stop is not None:
+        row["passed_steps"] = float(state.decay.passed)
     row.update(pool_mix(mirror))
     return row
 

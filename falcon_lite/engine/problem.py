@@ -137,6 +137,13 @@ def check_config(config: RunConfig) -> BoundProblem:
     if config.training.weight_decay == "adaptive" and not isinstance(estimator, DensityEstimator):
         raise ConfigError(("training", "weight_decay"), '"adaptive" follows the held-out loss of an estimator with '
                           f'a density (log_prob), e.g. "flow"; {config.estimator.name!r} has none')
+    if config.training.early_stop is not None:
+        if not isinstance(estimator, DensityEstimator):
+            raise ConfigError(("training", "early_stop"), "the early stop follows the held-out loss of an estimator "
+                              f'with a density (log_prob), e.g. "flow"; {config.estimator.name!r} has none')
+        if config.runtime.steps_per_batch is None:
+            raise ConfigError(("training", "early_stop"), "the early stop passes over the later of a batch's k "
+                              "steps: it needs runtime.steps_per_batch = k, not null (continuous training)")
     return bound
 
 

@@ -40,7 +40,7 @@ class RunState:
     drawn_total: int = 0
     alarm: Alarm = field(default_factory=Alarm)  # the explosion alarm (core/alarm.py)
     quota: AdaptiveQuota | None = None  # buffer.prior_fraction = "adaptive": its running state
-    decay: DecayControl | None = None  # training.weight_decay = "adaptive": its running state
+    decay: DecayControl | None = None  # the held-out gap's running state (adaptive decay, early stop)
     truth: tuple[np.ndarray, np.ndarray] | None = field(default=None)  # reference posterior (mean, std), if any
     at_obs: tuple | None = field(default=None, repr=False)  # (step, mean, var): loop.posterior_at_obs's cache
     sound: dict | None = field(default=None, repr=False)  # the last healthy snapshot (adaptive rollback)
@@ -129,10 +129,11 @@ def new_state(config: RunConfig) -> RunState:
         if not torch.cuda.is_available():
             raise ValueError("training.device = 'cuda', but torch sees no CUDA device where this trainer runs")
         estimator.to(device)
-    decay = None
-    if config.training.weight_decay == "adaptive":  # no decay until the first gap is measured
-        decay = DecayControl(config.training.adaptive_decay.ceiling, config.training.adaptive_decay.scale)
-    optimizer = make_optimizer(estimator, config.training.lr, 0.0 if decay is not None else config.training.weight_decay)
+    training, decay = config.training, None
+    adaptive = training.weight_decay == "adaptive"
+    if adaptive or training.early_stop is not None:  # no decay until the first gap is measured
+        decay = DecayControl(training.adaptive_decay.ceiling if adaptive else None, training.adaptive_decay.scale)
+    optimizer = make_optimizer(estimator, training.lr, 0.0 if adaptive else training.weight_decay)
     truth = simulator.true_posterior(prior)
     quota = None
     if config.buffer.prior_fraction == "adaptive":
