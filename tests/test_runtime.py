@@ -210,6 +210,24 @@ def test_k_steps_per_batch_ingest_one_batch_per_k_steps(control):
     assert rows[0]["wait_share"] > 0 and all(0 <= r["wait_share"] <= 1 for r in rows)
 
 
+@only("sqlite")
+def test_the_early_stop_passes_steps_over_on_ray_too(control):
+    """training.early_stop in the Ray trainer (the Driver the inline runtime uses): a flow at
+    4 steps per batch with a limit low enough to pass steps over (the inline resume test's
+    run, tests/test_flow.py) completes every step, counts the passed ones in its rows, and
+    checks one fresh batch per 4 steps as without it."""
+    flow = {"estimator.name": "flow", "estimator.flow": "maf", "estimator.normalize": True, "simulator.sigma_obs": 0.1,
+            "training.warmup_steps": 100, "training.early_stop": {"limit": 0.01, "min_share": 0.25}}
+    run_id = control.create(config(300, **flow, **{"runtime.steps_per_batch": 4}))
+    assert control.wait(run_id, timeout=180) == "completed"
+    assert run_row(control, run_id)[1] == 300
+    with control.sessions.begin() as s:
+        rows = runs.metrics_since(s, run_id, limit=None)
+    assert [r["step"] for r in rows if "held_out_loss" in r] == list(range(0, 300, 4))
+    passed = [r["passed_steps"] for r in rows]
+    assert passed == sorted(passed) and 0 < passed[-1] <= 225
+
+
 @only("postgres")
 def test_continuous_training_is_not_held_to_the_simulators(control):
     """steps_per_batch=null: the trainer trains while batches arrive; every batch is stored
