@@ -394,7 +394,6 @@ print(sorted(m for m in sys.modules if m.partition(".")[0] == "torch")[:3])
 def test_cli_run_on_ray(ray_address, tmp_path):
     """`falcon-lite run CONFIG --ray` drives a run to its end through RunControl on the
     cluster at RAY_ADDRESS and prints the summary, with how long the trainer waited."""
-    import re
     import subprocess
     import sys
 
