@@ -106,7 +106,7 @@ class Driver:
                 credit = limit
             step = state.step
             # the early stop (training.early_stop) may pass over the later of a batch's k steps
-            row = self.train_one(annotate, limit is not None and loop.passes_over(state, limit - credit))
+            row = self.train_one(annotate, limit is not None and loop.passes_over(state, limit - credit, limit))
             credit = max(credit - 1, 0)
             if after_step is not None:
                 after_step(step, row)

@@ -256,14 +256,11 @@ def train_and_diagnose(state: RunState, store: SampleStore, mirror: Mirror, step
     return None
 
 
-def passes_over(state: RunState, position: int) -> bool:
-    """`training.early_stop`: whether the step at `position` of a batch's k steps (0: the first
+def passes_over(state: RunState, position: int, k: int) -> bool:
+    """`training.early_stop`: whether the step at `position` of a batch's `k` steps (0: the first
     after the batch came in) is passed over, as the held-out gap says (core/decay.py)."""
     early = state.config.training.early_stop
-    if early is None or state.decay is None:
-        return False
-    k = state.config.runtime.steps_per_batch or 1
-    return position >= state.decay.steps_to_take(k, early.limit, early.min_share)
+    return early is not None and position >= state.decay.steps_to_take(k, early.limit, early.min_share)
 
 
 def passed_over(state: RunState) -> dict:
