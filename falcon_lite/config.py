@@ -354,6 +354,11 @@ class TrainingConfig(Strict):
     def _decay_or_adaptive(cls, v: float | str) -> float | str:
         return number_or_adaptive(v, lambda d: d >= 0.0, "a number >= 0", 'a number >= 0 or "adaptive"')
     diagnostics_every: PositiveInt = 1
+    batch_checks: bool = Field(
+        True, description="The explosion alarm and the expected coverage on every fresh batch's proposal rows, "
+        "before it is trained on (alarm_* and coverage in the metrics rows, alarm events). false: none; for "
+        "an estimator whose posterior at each row takes draws (the flow), they are a tenth of a run's time. "
+        'buffer.prior_fraction = "adaptive" needs them (the alarm steers its quota).')
     c2st_every: PositiveInt | None = Field(
         default=None,
         description="Steps between C2STs of the estimate at x_obs against the problem's reference samples (and at "

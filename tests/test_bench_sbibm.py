@@ -87,6 +87,7 @@ def test_falcon_config_with_fewer_steps_per_batch_spends_the_same_budget():
     assert run.proposal.region_every == 20  # a region every four batches, as with the plan's k
     assert run.proposal.region_draws == 2000  # its threshold from 2000 draws (docs/flows.md)
     assert (run.training.early_stop.limit, run.training.early_stop.min_share) == (1.0, 0.2)  # docs/flows.md
+    assert not run.training.batch_checks  # the same flow, without the alarm's draws (docs/flows.md)
 
 
 def test_table_on_made_up_numbers():

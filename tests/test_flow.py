@@ -530,6 +530,52 @@ def test_the_early_stop_is_for_a_density_trained_k_steps_a_batch():
             with_overrides(RunConfig(), {"training.early_stop": bad})
 
 
+def test_without_the_batch_checks_a_run_learns_the_same_flow_with_no_alarm_or_coverage(tmp_path):
+    """`training.batch_checks = false`: no alarm and no expected coverage on the fresh batches (a
+    flow's posterior at each row is draws), and nothing else changes: the same metrics otherwise,
+    the held-out loss included, to the last bit, and the same weights at the end."""
+    from falcon_lite.engine.inline import run_inline
+    from falcon_lite.store import runs
+    from falcon_lite.store.db import make_engine, migrate, session_factory
+
+    url = f"sqlite:///{tmp_path / 'checks.db'}"
+    migrate(url)
+    engine = make_engine(url)
+    base = with_overrides(RunConfig(), {
+        "estimator.name": "flow", "estimator.hidden": [16, 16], "estimator.normalize": True,
+        "simulator.sigma_obs": 0.1, "training.steps": 120, "training.warmup_steps": 40,
+        "buffer.simulations_per_step": 32, "buffer.min_training": 32, "buffer.max_training": 64,
+        "training.batch_size": 32, "training.weight_decay": "adaptive", "training.checkpoint_every": 120,
+    })
+
+    def run(checks: bool):
+        with session_factory(engine).begin() as s:
+            run_id = runs.create_run(s, with_overrides(base, {"training.batch_checks": checks})).id
+        state = run_inline(engine, run_id)
+        with session_factory(engine).begin() as s:
+            return runs.metrics_since(s, run_id, limit=None), state.estimator.state_dict()
+
+    (checked, weights), (unchecked, same_weights) = run(True), run(False)
+    engine.dispose()
+    checks = {name for row in checked for name in row if name.startswith(("alarm", "coverage"))}
+    assert {"alarm", "alarm_z", "alarm_ema", "coverage_68", "coverage_95"} <= checks
+    assert all(not name.startswith(("alarm", "coverage")) for row in unchecked for name in row)
+    assert unchecked == [{k: v for k, v in row.items() if k not in checks} for row in checked]
+    assert all(np.isfinite(row["held_out_loss"]) for row in unchecked)
+    assert all(torch.equal(weights[name], same_weights[name]) for name in weights)
+
+
+def test_the_adaptive_quota_needs_the_batch_checks():
+    from falcon_lite.engine.problem import ConfigError, check_config
+
+    adaptive = {"buffer.prior_fraction": "adaptive", "training.batch_checks": False}
+    with pytest.raises(ConfigError, match="follows the explosion alarm") as err:
+        check_config(with_overrides(RunConfig(), adaptive))
+    assert err.value.loc == ("training", "batch_checks")
+    check_config(with_overrides(RunConfig(), {**adaptive, "buffer.prior_fraction": 0.2}))
+    check_config(with_overrides(RunConfig(), {**adaptive, "training.batch_checks": True}))
+
+
 def test_the_adaptive_decay_is_for_an_estimator_with_a_density():
     from falcon_lite.engine.problem import ConfigError, check_config
 

@@ -172,7 +172,7 @@ def held_out(state: RunState, batch: Samples) -> dict:
     """Ground-truth-free checks on a fresh batch before it is trained on: for an estimator
     with its own density (the flow) its loss on the batch (`held_out_loss`); on the batch's
     proposal rows, the explosion alarm (core/alarm.py) and the expected coverage of the current
-    posterior, both from one forward pass.
+    posterior, both from one forward pass (`training.batch_checks`; a flow's pass is draws).
 
     Only for an amortized estimator (a likelihood estimator's posterior at every x would
     need a MAP fit each).
@@ -188,7 +188,7 @@ def held_out(state: RunState, batch: Samples) -> dict:
             set_weight_decay(state.optimizer, decay)
             row["weight_decay"] = decay
     keep = (batch.origin == Origin.PROPOSAL) & finite_rows(batch.x)
-    if np.count_nonzero(keep) < 2:
+    if not state.config.training.batch_checks or np.count_nonzero(keep) < 2:
         return row
     theta, x = batch.theta[keep], batch.x[keep]
     mean, var = state.estimator.posterior_batch(x)  # (no grad)

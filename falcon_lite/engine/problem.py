@@ -144,6 +144,9 @@ def check_config(config: RunConfig) -> BoundProblem:
         if config.runtime.steps_per_batch is None:
             raise ConfigError(("training", "early_stop"), "the early stop passes over the later of a batch's k "
                               "steps: it needs runtime.steps_per_batch = k, not null (continuous training)")
+    if not config.training.batch_checks and config.buffer.prior_fraction == "adaptive":
+        raise ConfigError(("training", "batch_checks"), 'buffer.prior_fraction = "adaptive" follows the explosion '
+                          "alarm of the batch checks: keep batch_checks true, or give a fixed prior_fraction")
     return bound
 
 
