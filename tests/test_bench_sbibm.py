@@ -157,3 +157,22 @@ def test_time_only_records_a_run_with_no_score(tmp_path, capsys):
     assert record["c2st"] is None and "c2st_s" not in record and record["cpu_s"] > 0
     assert record["config"]["training"]["early_stop"] == {"limit": 1.0, "min_share": 0.2}
     assert "| two_moons | 1 | 40 | 1 | – | – | – |" in capsys.readouterr().out
+
+
+def test_one_run_looked_into_prints_its_score_region_and_moments(tmp_path, capsys):
+    """bench/sbibm_one.py end to end on a fake wheel: one JSON line with the run's C2ST, the
+    steps its early stop passed over, its last region's prior mass, and the moments of its
+    draws beside the reference's (two parameters each)."""
+    import json
+
+    import sbibm_one
+
+    reference = np.random.default_rng(2).uniform(-1, 1, (300, 2))
+    fake_wheel(tmp_path / sbibm_refs.WHEEL, "two_moons", np.array([0.1, -0.2], np.float32), reference)
+    sbibm_one.main(["--task", "two_moons", "--obs", "1", "--budget", "40", "--draws", "300",
+                    "--falcon-config", '{"estimator": {"hidden": [8, 8], "transforms": 1}}', "--cache", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0.0 <= out["c2st"] <= 1.0 and out["cpu_s"] > 0 and isinstance(out["passed_steps"], int)
+    assert 0.0 < out["region_mass"] <= 1.0  # 400 steps, a region every 40 after the warm-up's 160
+    assert out["reference"]["mean"] == reference.mean(0).round(3).tolist()
+    assert all(len(out[side][k]) == 2 for side in ("falcon", "reference") for k in ("mean", "sd", "above_zero"))
