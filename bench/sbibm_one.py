@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from falcon_lite.core.diagnostics_samples import c2st
+    from falcon_lite.engine import loop
     from falcon_lite.store.db import make_engine, migrate
 
     torch.set_num_threads(1)
@@ -63,8 +64,6 @@ def main(argv: list[str] | None = None) -> None:
         engine = make_engine(url)
         state, times = sbibm.falcon_run(engine, config)
         engine.dispose()
-    from falcon_lite.engine import loop
-
     samples = loop.posterior_draws(state, args.draws, torch.Generator().manual_seed(args.seed))
     held = state.regions.held
     print(json.dumps({
